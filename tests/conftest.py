@@ -1,0 +1,101 @@
+"""Shared fixtures: a generated Airbnb-layout dataset (real JPEG files) and odd inputs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+PROJECT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT))
+
+import data  # noqa: E402
+import synthetic  # noqa: E402
+
+
+def save_exif_rotated(path: Path) -> None:
+    """A photo stored sideways with EXIF orientation 6 (display rotated 90 degrees clockwise):
+    stored left half red / right half blue, so upright it is top red / bottom blue."""
+    stored = np.zeros((40, 60, 3), np.uint8)
+    stored[:, :30] = (255, 0, 0)
+    stored[:, 30:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(path, exif=exif, quality=95)
+
+
+def add_odd_files(split_dir: Path) -> dict[str, list[Path]]:
+    """Files a real photo folder may hold. Returns the ones that must be kept (each a new room,
+    except the EXIF photo's twin) and the ones that must be skipped."""
+    folder = split_dir / "bedroom"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    noise = lambda: rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)  # noqa: E731
+    kept = []
+    for name, mode in [("oslo_7001_0.jpg", "L"), ("oslo_7002_0.png", "RGBA"), ("oslo_7003_0.jpg", "CMYK"),
+                       ("oslo_7004_0.png", "P"), ("oslo_7005_0.png", "RGB")]:
+        Image.fromarray(noise()).convert(mode).save(folder / name)
+        kept.append(folder / name)
+    save_exif_rotated(folder / "oslo_7006_0.jpg")
+    Image.fromarray(noise()).save(folder / "oslo_7006_1.jpg")  # same room as the EXIF photo
+    kept += [folder / "oslo_7006_0.jpg", folder / "oslo_7006_1.jpg"]
+
+    skipped = []
+    good = folder / "oslo_7007_0.jpg"
+    Image.fromarray(noise()).save(good, quality=95)
+    truncated = folder / "oslo_7008_0.jpg"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    good.unlink()
+    (folder / "oslo_7009_0.jpg").write_text("not an image, just text named like a photo")
+    Image.fromarray(noise()).save(folder / "holiday-snap.jpg")  # name does not parse
+    (split_dir / "oslo_7010_0.jpg").write_bytes((folder / "oslo_7005_0.png").read_bytes())  # no room-type folder
+    skipped += [truncated, folder / "oslo_7009_0.jpg", folder / "holiday-snap.jpg", split_dir / "oslo_7010_0.jpg"]
+    return {"kept": kept, "skipped": skipped}
+
+
+@pytest.fixture(scope="session")
+def airbnb(tmp_path_factory):
+    """A small dataset: generated rooms plus odd files in the training split."""
+    data_dir = tmp_path_factory.mktemp("airbnb")
+    made = synthetic.make_dataset(data_dir, train_rooms=5, test_rooms=3, photos_per_room=(2, 3), size=(96, 72))
+    odd = add_odd_files(data.dataset_root(data_dir) / data.SPLITS["train"])
+    return {"dir": data_dir, "root": data.dataset_root(data_dir), "made": made, "odd": odd}
+
+
+@pytest.fixture()
+def clean_env(monkeypatch, tmp_path):
+    """No data-dir override, checkpoints under a temporary $XDG_DATA_HOME."""
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    return tmp_path
+
+
+def pytest_configure(config):
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+@pytest.fixture(scope="session")
+def trained(airbnb, tmp_path_factory):
+    """A short local run (3 batches, random trunk weights) on the generated dataset.
+
+    Returns the trial (its network as trained), the checkpoint folder and the $XDG_DATA_HOME used.
+    """
+    import model_def
+
+    xdg = tmp_path_factory.mktemp("xdg")
+    saved = {k: os.environ.get(k) for k in ("XDG_DATA_HOME", data.DATA_DIR_ENV)}
+    os.environ["XDG_DATA_HOME"] = str(xdg)
+    try:
+        args = model_def.parse_args(["--data-dir", str(airbnb["dir"]), "--batches", "3", "--no-pretrained", "--no-download"])
+        trial = model_def.train_locally(args)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return {"trial": trial, "checkpoint": Path(trial.report.checkpoints[-1]), "xdg": xdg}

@@ -1,0 +1,105 @@
+"""The experiment configs: what a Determined 0.38 master would reject, the published numbers,
+the uploaded context, and Determined's own offline test run of the trial."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from determined.common import context as det_context
+
+import model_def
+
+PROJECT = model_def.PROJECT_DIR
+CONFIGS = ["const.yaml", "adaptive.yaml", "distributed.yaml"]
+PUBLISHED_BEST = {"lr": 0.002061, "alpha": 0.926, "dropout1": 0.306, "dropout2": 0.491, "dropout3": 0.562}
+SEARCH_SPACE = {"lr": (1e-4, 1e-2), "alpha": (0.6, 0.99), "dropout1": (0.2, 0.6), "dropout2": (0.2, 0.6), "dropout3": (0.2, 0.6)}
+HPARAM_TYPES = {"const", "int", "double", "log", "categorical"}
+
+
+def load(name):
+    return yaml.safe_load((PROJECT / name).read_text())
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_is_well_formed_for_a_master(name):
+    config = load(name)
+    assert config["entrypoint"].endswith("python3 model_def.py")  # a script, not the deprecated module:Class
+    searcher = config["searcher"]
+    assert searcher["metric"] == "validation_loss" and searcher["smaller_is_better"] is True
+    assert "max_length" not in searcher  # deprecated in 0.38
+    hparams = config["hyperparameters"]
+    assert {"global_batch_size", "epochs", "lr", "alpha", "dropout1", "dropout2", "dropout3"} <= set(hparams)
+    assert hparams["global_batch_size"] == 64 and hparams["epochs"] == 30
+    for key, spec in hparams.items():
+        if isinstance(spec, dict):
+            assert spec["type"] in HPARAM_TYPES, key
+            if spec["type"] in {"int", "double", "log"}:
+                assert isinstance(spec["minval"], (int, float)) and isinstance(spec["maxval"], (int, float))
+                assert spec["minval"] < spec["maxval"], key
+        else:
+            assert isinstance(spec, (int, float, bool, str)), key
+    model_def.DataSettings.from_config(config["data"])  # the trial accepts the data section
+
+
+@pytest.mark.parametrize("name", ["const.yaml", "distributed.yaml"])
+def test_single_trial_configs_use_the_published_best(name):
+    hparams = model_def.const_hparams(load(name)["hyperparameters"])
+    assert {k: hparams[k] for k in PUBLISHED_BEST} == PUBLISHED_BEST
+    assert load(name)["searcher"]["name"] == "single"
+
+
+def test_adaptive_config_is_the_published_search():
+    config = load("adaptive.yaml")
+    searcher = config["searcher"]
+    assert searcher["name"] == "adaptive_asha" and searcher["max_trials"] == 16
+    assert searcher["time_metric"] == "epochs" and searcher["max_time"] == config["hyperparameters"]["epochs"]
+    for key, (low, high) in SEARCH_SPACE.items():
+        spec = config["hyperparameters"][key]
+        assert (spec["type"], spec["minval"], spec["maxval"]) == ("double", low, high)
+
+
+def test_distributed_config_uses_the_torch_launcher():
+    config = load("distributed.yaml")
+    assert config["entrypoint"].startswith("python3 -m determined.launch.torch_distributed ")
+    assert config["resources"]["slots_per_trial"] >= 2
+
+
+def test_detignore_keeps_data_outputs_and_credentials_out_of_the_context(tmp_path):
+    tracked = subprocess.run(["git", "ls-files"], cwd=PROJECT, capture_output=True, text=True).stdout.split()
+    files = tracked or [p.name for p in PROJECT.iterdir() if p.is_file()]
+    for relative in files + [".detignore"]:
+        if (PROJECT / relative).is_file():
+            (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(PROJECT / relative, tmp_path / relative)
+    for junk in ["data/Airbnb Data/Training Data/bedroom/x_1_0.jpg", ".venv/lib/big.so", "kaggle.json",
+                 ".kaggle/kaggle.json", "runs/events.out", "checkpoints/abc/state_dict.pth", "__pycache__/m.pyc"]:
+        (tmp_path / junk).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / junk).write_bytes(b"x" * 1000)
+    uploaded = {f.path for f in det_context.read_v1_context(tmp_path)}
+    assert "model_def.py" in uploaded and "data.py" in uploaded and "startup-hook.sh" in uploaded
+    leaked = {p for p in uploaded if p.split("/")[0] in {"data", ".venv", "runs", "checkpoints", "__pycache__", ".kaggle"}
+              or p.endswith("kaggle.json")}
+    assert not leaked
+
+
+def test_determined_local_test_mode_runs_the_trial(airbnb, tmp_path):
+    """``det experiment create --local --test`` (offline in 0.38.1). It only accepts the legacy
+    ``module:Class`` entrypoint, so the run overrides const.yaml's script entrypoint."""
+    det = shutil.which("det") or str(Path(sys.executable).parent / "det")
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
+    env.pop("SAMESPACE_DATA_DIR", None)
+    out = subprocess.run(
+        [det, "experiment", "create", "--local", "--test", "const.yaml", ".",
+         "--config", "entrypoint=model_def:SiameseTrial", "--config", "hyperparameters.pretrained=false",
+         "--config", f"data.dir={airbnb['dir']}", "--config", "data.download=false"],
+        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "The test experiment passed." in out.stdout  # Determined logs to stdout
+    assert "report_validation_metrics" in out.stdout and "validation_loss" in out.stdout
