@@ -24,7 +24,7 @@ import imagehash
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 logger = logging.getLogger("samespace.data")
@@ -59,13 +59,14 @@ class DataError(Exception):
 # Download
 
 
-def resolve_data_dir(configured: str | os.PathLike | None = None) -> Path:
-    """The data directory: $SAMESPACE_DATA_DIR, else the configured value, else ``./data``.
+def resolve_data_dir(configured: str | os.PathLike | None = None, explicit: str | os.PathLike | None = None) -> Path:
+    """The data directory: an explicit command-line value, else $SAMESPACE_DATA_DIR, else the
+    config's value, else ``./data``.
 
-    The environment variable wins so that a cluster can point every trial at one bind-mounted copy
-    without editing the experiment configs.
+    The environment variable beats the config so that a cluster can point every trial at one
+    bind-mounted copy without editing the experiment configs.
     """
-    chosen = os.environ.get(DATA_DIR_ENV) or configured or DEFAULT_DATA_DIR
+    chosen = explicit or os.environ.get(DATA_DIR_ENV) or configured or DEFAULT_DATA_DIR
     return Path(chosen).expanduser().resolve()
 
 
@@ -240,6 +241,8 @@ def read_photo(path: str | os.PathLike, size: int = IMAGE_SIZE) -> np.ndarray:
             image = ImageOps.exif_transpose(image)
             image = to_rgb(image).resize((size, size), Image.BILINEAR)
             return np.asarray(image, dtype=np.uint8).copy()
+    except UnidentifiedImageError:
+        raise DataError(f"cannot read {Path(path).name}: not an image in a format PIL reads") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"cannot read {Path(path).name}: {reason}") from None

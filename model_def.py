@@ -193,9 +193,12 @@ class DataSettings:
     def data_dir(self) -> Path:
         return data.resolve_data_dir(self.dir)
 
-    @property
-    def cache_root(self) -> Path:
-        return Path(self.cache_dir).expanduser() if self.cache_dir else self.data_dir / ".samespace-cache" / "features"
+    def cache_root(self, data_dir: Path | None = None) -> Path:
+        """Where trunk features are cached: ``cache_dir``, else inside the data directory, so the
+        trials of a search sharing the data share the features too."""
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        return (data_dir or self.data_dir) / ".samespace-cache" / "features"
 
 
 class PairMetrics(pytorch.MetricReducer):
@@ -285,7 +288,7 @@ class SiameseTrial(pytorch.PyTorchTrial):
             return pytorch.DataLoader(
                 dataset, batch_size=batch_size, shuffle=shuffle, num_workers=self.settings.workers
             )
-        cache = features.FeatureCache(self.settings.cache_root, self.net.trunk, device=self.context.device)
+        cache = features.FeatureCache(self.settings.cache_root(), self.net.trunk, device=self.context.device)
         cached = cache.features(split.images, desc=f"trunk features ({split_name})")
         return pytorch.DataLoader(
             features.FeaturePairDataset(cached, pairs),
@@ -314,7 +317,8 @@ class SiameseTrial(pytorch.PyTorchTrial):
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[SiameseNet, dict[str, Any]]:
-    """The network (in eval mode, on ``device``) and hyperparameters of a SameSpace checkpoint folder.
+    """The network (in eval mode, on ``device``) of a SameSpace checkpoint folder, and the
+    checkpoint's ``load_data.json`` (hyperparameters and experiment config).
 
     Builds the network without downloading ImageNet weights (the state dict has them all), loads
     with ``weights_only=True``, and refuses anything that is not a SameSpace checkpoint.
@@ -340,7 +344,7 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str = "cpu")
         net.load_state_dict(state["models_state_dict"][0])
     except Exception as exc:
         raise CheckpointError(f"cannot load {state_file}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
-    return net.to(device).eval(), hparams
+    return net.to(device).eval(), meta
 
 
 def local_checkpoint_root() -> Path:

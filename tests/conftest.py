@@ -99,3 +99,32 @@ def trained(airbnb, tmp_path_factory):
             else:
                 os.environ[key] = value
     return {"trial": trial, "checkpoint": Path(trial.report.checkpoints[-1]), "xdg": xdg}
+
+
+def small_trunk(seed: int = 0):
+    """A deliberately input-dependent stand-in for the trunk: random-weight MobileNetV3 gives
+    nearly the same features for every photo (std ~1e-10), which makes scores tie. This one maps
+    a 256x256 image to 960 features through 16x16 average pooling and a fixed random projection."""
+    import torch
+    from torch import nn
+
+    generator = torch.Generator().manual_seed(seed)
+    projection = nn.Linear(3 * 16 * 16, 960)
+    with torch.no_grad():
+        projection.weight.copy_(torch.randn(960, 768, generator=generator) / 768 ** 0.5)
+        projection.bias.zero_()
+    trunk = nn.Sequential(nn.AvgPool2d(16), nn.Flatten(1), projection, nn.Tanh())
+    return trunk.requires_grad_(False).eval()
+
+
+@pytest.fixture()
+def small_net():
+    """SiameseNet with random towers and head and the small trunk above."""
+    import torch
+
+    import model_def
+
+    torch.manual_seed(0)
+    net = model_def.SiameseNet(pretrained=False, dropouts=(0.3, 0.4, 0.5))
+    net.trunk = small_trunk()
+    return net.eval()

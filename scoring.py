@@ -1,0 +1,100 @@
+"""Scoring photo pairs with a trained network, each photo through the backbone once.
+
+A photo's trunk features and tower embeddings do not depend on what it is paired with, so they
+are computed once per photo; a pair then costs only the head. The head's first layer sees
+``[e1_i; e2_j]``, so ``W [e1_i; e2_j] + b = W_a e1_i + (W_b e2_j + b)``: each photo's share of
+that layer is computed once too, and a pair costs the remaining 2048->1024->512->64->1 layers.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import data
+import features
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Embedder:
+    """Trunk features and both towers' embeddings of uint8 images; counts backbone passes."""
+
+    def __init__(self, net: torch.nn.Module, device: torch.device, batch_size: int = 64):
+        self.net = net.to(device).eval()
+        self.device = device
+        self.batch_size = batch_size
+        self.trunk_images = 0  # images that went through the backbone
+
+    @torch.inference_mode()
+    def trunk_features(self, images: torch.Tensor, desc: str = "backbone") -> torch.Tensor:
+        out = []
+        for batch in tqdm(images.split(self.batch_size), desc=desc, unit="batch", leave=False):
+            out.append(features.trunk_features(self.net.trunk, batch, variant=0, device=self.device))
+            self.trunk_images += len(batch)
+        return torch.cat(out) if out else torch.zeros(0, self.net.towers[0][0].in_features)
+
+    @torch.inference_mode()
+    def embed(self, trunk_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both towers' embeddings (on the device) of trunk features."""
+        x = trunk_features.to(self.device)
+        return self.net.towers[0](x), self.net.towers[1](x)
+
+
+class PairScorer:
+    """Head logits of (first, second) item pairs from per-item tower embeddings."""
+
+    def __init__(self, head: torch.nn.Sequential, first: torch.Tensor, second: torch.Tensor, batch_size: int = 8192):
+        layer = head[0]
+        width = first.shape[1]
+        with torch.inference_mode():
+            self.first_share = first @ layer.weight[:, :width].T
+            self.second_share = second @ layer.weight[:, width:].T + layer.bias
+        self.rest = head[1:].eval()
+        self.batch_size = batch_size
+        self.evaluations = 0  # head evaluations (one per ordered pair)
+
+    @torch.inference_mode()
+    def logits(self, first: np.ndarray | torch.Tensor, second: np.ndarray | torch.Tensor) -> torch.Tensor:
+        first, second = torch.as_tensor(first), torch.as_tensor(second)
+        out = []
+        for start in range(0, len(first), self.batch_size):
+            i = first[start : start + self.batch_size].to(self.first_share.device)
+            j = second[start : start + self.batch_size].to(self.first_share.device)
+            out.append(self.rest(self.first_share[i] + self.second_share[j]).squeeze(1).float().cpu())
+        self.evaluations += len(first)
+        return torch.cat(out) if out else torch.zeros(0)
+
+    def probabilities(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """P(same space) of unordered pairs: the network is order-sensitive (two towers), so the
+        mean of both orders."""
+        return ((torch.sigmoid(self.logits(a, b)) + torch.sigmoid(self.logits(b, a))) / 2).numpy()
+
+
+def upper_pairs(n: int, rows_per_block: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """All unordered pairs i < j of ``n`` items, in blocks of rows."""
+    for start in range(0, n, rows_per_block):
+        rows = np.arange(start, min(n, start + rows_per_block))
+        i, j = np.meshgrid(rows, np.arange(n), indexing="ij")
+        keep = j > i
+        yield i[keep], j[keep]
+
+
+def all_upper_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    blocks = list(upper_pairs(n))
+    if not blocks:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+
+
+def read_images(paths: list, desc: str = "reading photos") -> tuple[torch.Tensor, list[int], list[data.Skipped]]:
+    """Decode photos to (N, 3, 256, 256) uint8; unreadable ones are returned, not raised."""
+    array, kept, skipped = data.read_photos(paths, desc=desc)
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous(), kept, skipped
