@@ -23,7 +23,9 @@ METHODS = ("auto", "exact", "faiss")
 
 def search_vectors(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """Unit vectors from both towers' embeddings (each normalised, so neither dominates)."""
-    joined = torch.cat([torch.nn.functional.normalize(first, dim=1), torch.nn.functional.normalize(second, dim=1)], dim=1)
+    joined = torch.cat(
+        [torch.nn.functional.normalize(first, dim=1), torch.nn.functional.normalize(second, dim=1)], dim=1
+    )
     return torch.nn.functional.normalize(joined, dim=1)
 
 

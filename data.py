@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import io
 import json
 import logging
 import os
 import re
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import filelock
 import imagehash
@@ -136,7 +136,10 @@ def ensure_dataset(data_dir: str | os.PathLike, allow_download: bool = True) -> 
         # A copy placed by hand (no marker) is used as is when downloads are off.
         return root
     if not allow_download:
-        raise DataError(f"no dataset under {root} and download is disabled (data.download: false)")
+        raise DataError(
+            f"no dataset under {root}; fetch it with `python data.py --data-dir {data_dir}` "
+            "or allow downloads (data.download: true)"
+        )
     if root.is_dir():
         logger.warning(
             "%s has no complete-download marker: downloading again (data.download: false uses it as is)", root
@@ -256,6 +259,7 @@ def read_photos(
     Returns the images that decoded (``(M, size, size, 3)`` uint8), their positions in ``paths``,
     and the ones that did not.
     """
+
     def attempt(path: Path) -> np.ndarray | Skipped:
         try:
             return read_photo(path, size)
@@ -484,14 +488,6 @@ def build_pairs(
     return PairSet.concat([positives, negatives])
 
 
-def all_distinct_pairs(rooms: np.ndarray) -> PairSet:
-    """Every ordered pair of different photos, untransformed: the natural-prevalence test set."""
-    n = len(rooms)
-    first, second = np.nonzero(~np.eye(n, dtype=bool))
-    zeros = np.zeros(len(first), np.uint8)
-    return PairSet(first, second, zeros, zeros.copy(), (rooms[first] == rooms[second]).astype(np.uint8))
-
-
 # --------------------------------------------------------------------------------------------
 # Datasets
 
@@ -513,21 +509,29 @@ class ImagePairDataset(torch.utils.data.Dataset):
         return first, second, torch.tensor(float(p.label[index]))
 
 
-def iter_batches(n: int, batch_size: int) -> Iterator[slice]:
-    for start in range(0, n, batch_size):
-        yield slice(start, min(n, start + batch_size))
-
-
-def file_digest(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def expected_pair_count(group_sizes: Sequence[int]) -> int:
     """2 * 64 * sum(g_i^2): the epoch length for duplicate groups of these sizes."""
     return 2 * POSITIVE_UPSAMPLING * int(sum(g * g for g in group_sizes))
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python data.py [--data-dir DIR]``: download the dataset once, e.g. into a shared folder."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Download the Airbnb duplicate-image dataset from Kaggle.")
+    parser.add_argument("--data-dir", help=f"target folder (default: ${DATA_DIR_ENV}, else ./{DEFAULT_DATA_DIR})")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        root = download(resolve_data_dir(explicit=args.data_dir))
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for key, folder in SPLITS.items():
+        photos, skipped = scan_split(root / folder)
+        print(f"{key}: {len(photos)} photos, {len(skipped)} other files, in {root / folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

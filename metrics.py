@@ -33,16 +33,16 @@ def pair_metrics(logits: np.ndarray, labels: np.ndarray, prefix: str = "") -> di
 def threshold_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
     """Precision, recall and F1 of ``score >= threshold``."""
     predicted = np.asarray(scores) >= threshold
-    precision, recall, f1, _ = skm.precision_recall_fscore_support(
-        labels, predicted, average="binary", zero_division=0
-    )
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(labels, predicted, average="binary", zero_division=0)
     return {"threshold": float(threshold), "precision": float(precision), "recall": float(recall), "f1": float(f1)}
 
 
 def best_f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float:
     """The score threshold that maximises F1."""
     precision, recall, thresholds = skm.precision_recall_curve(labels, scores)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=(precision + recall) > 0)
+    f1 = np.divide(
+        2 * precision * recall, precision + recall, out=np.zeros_like(precision), where=(precision + recall) > 0
+    )
     return float(thresholds[int(np.argmax(f1[:-1]))]) if len(thresholds) else 0.5
 
 

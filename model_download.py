@@ -50,9 +50,7 @@ def best_checkpoints(experiment: Any, top_n: int) -> list[Any]:
     _, smaller_is_better = searcher_metric(experiment)
     order = client.OrderBy.ASCENDING if smaller_is_better else client.OrderBy.DESCENDING
     return list(
-        experiment.list_checkpoints(
-            sort_by=client.CheckpointSortBy.SEARCHER_METRIC, order_by=order, max_results=top_n
-        )
+        experiment.list_checkpoints(sort_by=client.CheckpointSortBy.SEARCHER_METRIC, order_by=order, max_results=top_n)
     )
 
 
@@ -117,9 +115,13 @@ def explain(exc: Exception, args: argparse.Namespace) -> str:
     """One line for each failure a user meets."""
     if isinstance(exc, errors.MasterNotFoundException):
         return f"cannot reach the Determined master ({args.master or 'DET_MASTER'}): {str(exc).splitlines()[0][:160]}"
-    bad_login = isinstance(exc, errors.ForbiddenException) and ("invalid credentials" in str(exc) or "user not found" in str(exc))
+    bad_login = isinstance(exc, errors.ForbiddenException) and (
+        "invalid credentials" in str(exc) or "user not found" in str(exc)
+    )
     if isinstance(exc, errors.UnauthenticatedException) or bad_login:
-        return "the master rejected the credentials: set DET_USER and DET_PASSWORD, pass --user, or run `det user login`"
+        return (
+            "the master rejected the credentials: set DET_USER and DET_PASSWORD, pass --user, or run `det user login`"
+        )
     if isinstance(exc, errors.NotFoundException):
         what = f"checkpoint {args.checkpoint}" if args.checkpoint else f"experiment {args.experiment}"
         return f"{what} not found on the master"

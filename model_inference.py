@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -48,20 +47,21 @@ def evaluate(net: model_def.SiameseNet, config: dict, data_dir: Path, device: to
     """The original's evaluation on Test Data (the balanced pair set of training), plus ROC-AUC,
     PR-AUC and P/R/F1 at 0.5 and at the best-F1 threshold, on that set and on every distinct pair
     of the split at its natural prevalence. Returns the report with the raw labels and scores."""
-    settings = model_def.DataSettings.from_config(config.get("data"))
-    root = data.ensure_dataset(data_dir, allow_download=False)
-    split = data.load_split(root / data.SPLITS["test"])
-    pairs = data.build_pairs(split.rooms, data.wavelet_hashes(split.images), seed=settings.seed,
-                             self_pairs=settings.self_pairs, sampler=settings.sampler)
+    settings = dataclasses.replace(model_def.DataSettings.from_config(config.get("data")), download=False)
+    split, pairs = model_def.load_pairs(settings, "test", data_dir=data_dir)
     cache = features.FeatureCache(settings.cache_root(data_dir), net.trunk, device=device)
     per_variant = cache.features(split.images, desc="trunk features (test)")  # (N, 8, 960)
     embedder = scoring.Embedder(net, device)
     first, second = embedder.embed(per_variant.reshape(-1, per_variant.shape[-1]))
     scorer = scoring.PairScorer(net.head, first, second)
 
-    logits = scorer.logits(variant_item(pairs.first, pairs.first_variant),
-                           variant_item(pairs.second, pairs.second_variant)).numpy()
-    balanced = {**metrics.pair_metrics(logits, pairs.label), **metrics.score_report(pairs.label, metrics.sigmoid(logits))}
+    logits = scorer.logits(
+        variant_item(pairs.first, pairs.first_variant), variant_item(pairs.second, pairs.second_variant)
+    ).numpy()
+    balanced = {
+        **metrics.pair_metrics(logits, pairs.label),
+        **metrics.score_report(pairs.label, metrics.sigmoid(logits)),
+    }
 
     a, b = scoring.all_upper_pairs(len(split))
     natural_labels = (split.rooms[a] == split.rooms[b]).astype(np.int64)
@@ -71,10 +71,15 @@ def evaluate(net: model_def.SiameseNet, config: dict, data_dir: Path, device: to
         "rooms": int(len(np.unique(split.rooms))),
         "skipped_files": [f"{s.path.name}: {s.reason}" for s in split.skipped],
         "balanced": {"note": "ordered pairs with the x64 upsampled positives, as in training", **balanced},
-        "all_distinct_pairs": {"note": "unordered pairs, no self-pairs, score = mean of both orders",
-                               **metrics.score_report(natural_labels, natural_scores)},
+        "all_distinct_pairs": {
+            "note": "unordered pairs, no self-pairs, score = mean of both orders",
+            **metrics.score_report(natural_labels, natural_scores),
+        },
     }
-    curves = {"balanced": (pairs.label, metrics.sigmoid(logits)), "all distinct pairs": (natural_labels, natural_scores)}
+    curves = {
+        "balanced": (pairs.label, metrics.sigmoid(logits)),
+        "all distinct pairs": (natural_labels, natural_scores),
+    }
     return {"report": report, "curves": curves}
 
 
@@ -210,7 +215,7 @@ def write_dedup_outputs(result: Dedup, folder: Path, output: Path, with_scores: 
     summary = {
         "photos": len(result.names),
         "skipped files": len(result.unreadable),
-        "threshold": result.threshold,
+        "threshold": round(float(result.threshold), 4),
         "search": result.search,
         "scored pairs": int(len(result.scores)),
         "head evaluations": result.head_evaluations,
@@ -220,8 +225,12 @@ def write_dedup_outputs(result: Dedup, folder: Path, output: Path, with_scores: 
     reports.write_json(output / "duplicates.json", result.duplicates(with_scores))
     reports.write_pairs_csv(output / "pairs.csv", result.names, result.first, result.second, result.scores)
     pair_scores = {(int(a), int(b)): float(s) for a, b, s in zip(*result.duplicate_pairs)}
-    reports.write_dedup_html(output / "report.html", folder, result.names, groups, pair_scores, result.unreadable, summary)
-    reports.write_json(output / "summary.json", {**summary, "skipped": [f"{s.path}: {s.reason}" for s in result.unreadable]})
+    reports.write_dedup_html(
+        output / "report.html", folder, result.names, groups, pair_scores, result.unreadable, summary
+    )
+    reports.write_json(
+        output / "summary.json", {**summary, "skipped": [f"{s.path}: {s.reason}" for s in result.unreadable]}
+    )
     return summary
 
 
@@ -252,11 +261,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     dd.add_argument("--recursive", action="store_true", help="include subfolders")
     dd.add_argument("--output", help="report folder (default: samespace-outputs/dedup-<folder>)")
     dd.add_argument("--scores", action="store_true", help="duplicates.json lists [duplicate, score] pairs")
-    dd.add_argument("--search", choices=("auto", "all", "knn"), default="auto",
-                    help=f"all pairs, or k nearest neighbours first (auto: all up to {ALL_PAIRS_LIMIT} photos)")
+    dd.add_argument(
+        "--search",
+        choices=("auto", "all", "knn"),
+        default="auto",
+        help=f"all pairs, or k nearest neighbours first (auto: all up to {ALL_PAIRS_LIMIT} photos)",
+    )
     dd.add_argument("--neighbours", type=int, default=20, help="candidates per photo for --search knn (default 20)")
-    dd.add_argument("--index", choices=candidates.METHODS, default="auto",
-                    help=f"neighbour search: exact up to {candidates.EXACT_LIMIT} photos, faiss HNSW above (auto)")
+    dd.add_argument(
+        "--index",
+        choices=candidates.METHODS,
+        default="auto",
+        help=f"neighbour search: exact up to {candidates.EXACT_LIMIT} photos, faiss HNSW above (auto)",
+    )
     dd.add_argument("--force", action="store_true", help="overwrite reports in a non-empty output folder")
     args = parser.parse_args(argv)
     if args.command == "dedup" and not 0.0 <= args.threshold <= 1.0:
@@ -270,8 +287,10 @@ def run(args: argparse.Namespace) -> None:
     label = Path(args.checkpoint).resolve().name
     if args.command == "compare":
         result = compare(net, args.first, args.second, device)
-        print(f"{result['probability']:.4f}  P(same space) of {args.first.name} and {args.second.name} "
-              f"(A->B {result['a_then_b']:.4f}, B->A {result['b_then_a']:.4f})")
+        print(
+            f"{result['probability']:.4f}  P(same space) of {args.first.name} and {args.second.name} "
+            f"(A->B {result['a_then_b']:.4f}, B->A {result['b_then_a']:.4f})"
+        )
     elif args.command == "evaluate":
         output = reports.prepare_output(args.output or Path("samespace-outputs") / f"evaluate-{label}", args.force)
         config = load_data.get("experiment_config") or {}
@@ -279,20 +298,35 @@ def run(args: argparse.Namespace) -> None:
         reports.write_json(output / "evaluation.json", {"checkpoint": str(args.checkpoint), **outcome["report"]})
         reports.write_curves_png(output / "curves.png", outcome["curves"])
         balanced, natural = outcome["report"]["balanced"], outcome["report"]["all_distinct_pairs"]
-        print(f"balanced: loss {balanced['loss']:.4f}  accuracy {balanced['accuracy']:.4f}  "
-              f"ROC-AUC {balanced.get('roc_auc', float('nan')):.4f}")
-        print(f"all distinct pairs ({natural['pairs']}, prevalence {natural['prevalence']:.4f}): "
-              f"PR-AUC {natural.get('pr_auc', float('nan')):.4f}  F1 at 0.5 {natural['at_0.5']['f1']:.4f}")
+        print(
+            f"balanced: loss {balanced['loss']:.4f}  accuracy {balanced['accuracy']:.4f}  "
+            f"ROC-AUC {balanced.get('roc_auc', float('nan')):.4f}"
+        )
+        print(
+            f"all distinct pairs ({natural['pairs']}, prevalence {natural['prevalence']:.4f}): "
+            f"PR-AUC {natural.get('pr_auc', float('nan')):.4f}  F1 at 0.5 {natural['at_0.5']['f1']:.4f}"
+        )
         print(f"report: {output / 'evaluation.json'}  curves: {output / 'curves.png'}")
     else:
         output = Path(args.output) if args.output else Path("samespace-outputs") / f"dedup-{args.folder.resolve().name}"
         output = reports.prepare_output(output, args.force)
-        result = dedup(net, args.folder, device, args.threshold, args.recursive, args.search, args.neighbours,
-                       args.index, exclude=output)
+        result = dedup(
+            net,
+            args.folder,
+            device,
+            args.threshold,
+            args.recursive,
+            args.search,
+            args.neighbours,
+            args.index,
+            exclude=output,
+        )
         summary = write_dedup_outputs(result, args.folder, output, args.scores)
-        print(f"{summary['photos']} photos, {summary['groups']} duplicate groups, {summary['duplicate pairs']} pairs "
-              f"at >= {args.threshold} ({summary['head evaluations']} head evaluations, {summary['skipped files']} "
-              f"files skipped)")
+        print(
+            f"{summary['photos']} photos, {summary['groups']} duplicate groups, {summary['duplicate pairs']} pairs "
+            f"at >= {args.threshold} ({summary['head evaluations']} head evaluations, {summary['skipped files']} "
+            f"files skipped)"
+        )
         print(f"report: {output / 'report.html'}  map: {output / 'duplicates.json'}")
 
 

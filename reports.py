@@ -36,7 +36,9 @@ def write_json(path: Path, payload: object) -> Path:
     return path
 
 
-def write_pairs_csv(path: Path, names: Sequence[str], first: np.ndarray, second: np.ndarray, scores: np.ndarray) -> Path:
+def write_pairs_csv(
+    path: Path, names: Sequence[str], first: np.ndarray, second: np.ndarray, scores: np.ndarray
+) -> Path:
     """Scored pairs, best first."""
     order = np.argsort(-scores, kind="stable")
     with path.open("w", newline="") as handle:
@@ -62,8 +64,11 @@ def write_curves_png(path: Path, curves: dict[str, tuple[np.ndarray, np.ndarray]
         fpr, tpr, _ = skm.roc_curve(labels, scores)
         roc.plot(fpr, tpr, label=f"{name} (AUC {skm.auc(fpr, tpr):.3f})")
         precision, recall, _ = skm.precision_recall_curve(labels, scores)
-        pr.plot(recall, precision, label=f"{name} (AP {skm.average_precision_score(labels, scores):.3f}, "
-                                          f"prevalence {np.mean(labels):.3f})")
+        pr.plot(
+            recall,
+            precision,
+            label=f"{name} (AP {skm.average_precision_score(labels, scores):.3f}, prevalence {np.mean(labels):.3f})",
+        )
     roc.plot([0, 1], [0, 1], color="grey", linestyle=":")
     roc.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
     pr.set(xlabel="recall", ylabel="precision", title="Precision-recall", ylim=(0, 1.02))
@@ -107,27 +112,35 @@ def write_dedup_html(
 ) -> Path:
     """Thumbnails of each duplicate group with its pair scores, and the files that were skipped."""
     esc = html.escape
-    parts = [f"<!doctype html><meta charset='utf-8'><title>SameSpace duplicates: {esc(folder.name)}</title>",
-             f"<style>{STYLE}</style><h1>Duplicate photos in {esc(str(folder))}</h1>",
-             "<p>" + ", ".join(f"{esc(str(k))}: {esc(str(v))}" for k, v in summary.items()) + "</p>"]
+    parts = [
+        f"<!doctype html><meta charset='utf-8'><title>SameSpace duplicates: {esc(folder.name)}</title>",
+        f"<style>{STYLE}</style><h1>Duplicate photos in {esc(str(folder))}</h1>",
+        "<p>" + ", ".join(f"{esc(str(k))}: {esc(str(v))}" for k, v in summary.items()) + "</p>",
+    ]
     for number, members in enumerate(groups, 1):
         photos = "".join(
             f"<figure><img src='{thumbnail_uri(folder / names[m])}' alt='{esc(names[m])}'>"
-            f"<figcaption>{esc(names[m])}</figcaption></figure>" for m in members
+            f"<figcaption>{esc(names[m])}</figcaption></figure>"
+            for m in members
         )
         rows = "".join(
             f"<tr><td>{esc(names[a])}</td><td>{esc(names[b])}</td><td>{score:.3f}</td></tr>"
             for (a, b), score in sorted(pair_scores.items(), key=lambda item: -item[1])
             if a in members and b in members
         )
-        parts.append(f"<div class='group'><h2>Group {number} ({len(members)} photos)</h2>"
-                     f"<div class='photos'>{photos}</div><table><tr><th>first</th><th>second</th><th>score</th></tr>"
-                     f"{rows}</table></div>")
+        parts.append(
+            f"<div class='group'><h2>Group {number} ({len(members)} photos)</h2>"
+            f"<div class='photos'>{photos}</div><table><tr><th>first</th><th>second</th><th>score</th></tr>"
+            f"{rows}</table></div>"
+        )
     if not groups:
         parts.append("<p>No duplicates above the threshold.</p>")
     if unreadable:
-        items = "".join(f"<li>{esc(str(s.path.relative_to(folder)) if s.path.is_relative_to(folder) else str(s.path))}: "
-                        f"{esc(s.reason)}</li>" for s in unreadable)
+        items = "".join(
+            f"<li>{esc(str(s.path.relative_to(folder)) if s.path.is_relative_to(folder) else str(s.path))}: "
+            f"{esc(s.reason)}</li>"
+            for s in unreadable
+        )
         parts.append(f"<h2>Skipped files ({len(unreadable)})</h2><ul>{items}</ul>")
     path.write_text("\n".join(parts) + "\n")
     return path

@@ -36,8 +36,13 @@ def add_odd_files(split_dir: Path) -> dict[str, list[Path]]:
     rng = np.random.default_rng(7)
     noise = lambda: rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)  # noqa: E731
     kept = []
-    for name, mode in [("oslo_7001_0.jpg", "L"), ("oslo_7002_0.png", "RGBA"), ("oslo_7003_0.jpg", "CMYK"),
-                       ("oslo_7004_0.png", "P"), ("oslo_7005_0.png", "RGB")]:
+    for name, mode in [
+        ("oslo_7001_0.jpg", "L"),
+        ("oslo_7002_0.png", "RGBA"),
+        ("oslo_7003_0.jpg", "CMYK"),
+        ("oslo_7004_0.png", "P"),
+        ("oslo_7005_0.png", "RGB"),
+    ]:
         Image.fromarray(noise()).convert(mode).save(folder / name)
         kept.append(folder / name)
     save_exif_rotated(folder / "oslo_7006_0.jpg")
@@ -90,7 +95,9 @@ def trained(airbnb, tmp_path_factory):
     saved = {k: os.environ.get(k) for k in ("XDG_DATA_HOME", data.DATA_DIR_ENV)}
     os.environ["XDG_DATA_HOME"] = str(xdg)
     try:
-        args = model_def.parse_args(["--data-dir", str(airbnb["dir"]), "--batches", "3", "--no-pretrained", "--no-download"])
+        args = model_def.parse_args(
+            ["--data-dir", str(airbnb["dir"]), "--batches", "3", "--no-pretrained", "--no-download"]
+        )
         trial = model_def.train_locally(args)
     finally:
         for key, value in saved.items():
@@ -111,7 +118,7 @@ def small_trunk(seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     projection = nn.Linear(3 * 16 * 16, 960)
     with torch.no_grad():
-        projection.weight.copy_(torch.randn(960, 768, generator=generator) / 768 ** 0.5)
+        projection.weight.copy_(torch.randn(960, 768, generator=generator) / 768**0.5)
         projection.bias.zero_()
     trunk = nn.Sequential(nn.AvgPool2d(16), nn.Flatten(1), projection, nn.Tanh())
     return trunk.requires_grad_(False).eval()

@@ -18,7 +18,13 @@ import model_def
 PROJECT = model_def.PROJECT_DIR
 CONFIGS = ["const.yaml", "adaptive.yaml", "distributed.yaml"]
 PUBLISHED_BEST = {"lr": 0.002061, "alpha": 0.926, "dropout1": 0.306, "dropout2": 0.491, "dropout3": 0.562}
-SEARCH_SPACE = {"lr": (1e-4, 1e-2), "alpha": (0.6, 0.99), "dropout1": (0.2, 0.6), "dropout2": (0.2, 0.6), "dropout3": (0.2, 0.6)}
+SEARCH_SPACE = {
+    "lr": (1e-4, 1e-2),
+    "alpha": (0.6, 0.99),
+    "dropout1": (0.2, 0.6),
+    "dropout2": (0.2, 0.6),
+    "dropout3": (0.2, 0.6),
+}
 HPARAM_TYPES = {"const", "int", "double", "log", "categorical"}
 
 
@@ -77,14 +83,25 @@ def test_detignore_keeps_data_outputs_and_credentials_out_of_the_context(tmp_pat
         if (PROJECT / relative).is_file():
             (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(PROJECT / relative, tmp_path / relative)
-    for junk in ["data/Airbnb Data/Training Data/bedroom/x_1_0.jpg", ".venv/lib/big.so", "kaggle.json",
-                 ".kaggle/kaggle.json", "runs/events.out", "checkpoints/abc/state_dict.pth", "__pycache__/m.pyc"]:
+    for junk in [
+        "data/Airbnb Data/Training Data/bedroom/x_1_0.jpg",
+        ".venv/lib/big.so",
+        "kaggle.json",
+        ".kaggle/kaggle.json",
+        "runs/events.out",
+        "checkpoints/abc/state_dict.pth",
+        "__pycache__/m.pyc",
+    ]:
         (tmp_path / junk).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / junk).write_bytes(b"x" * 1000)
     uploaded = {f.path for f in det_context.read_v1_context(tmp_path)}
     assert "model_def.py" in uploaded and "data.py" in uploaded and "startup-hook.sh" in uploaded
-    leaked = {p for p in uploaded if p.split("/")[0] in {"data", ".venv", "runs", "checkpoints", "__pycache__", ".kaggle"}
-              or p.endswith("kaggle.json")}
+    leaked = {
+        p
+        for p in uploaded
+        if p.split("/")[0] in {"data", ".venv", "runs", "checkpoints", "__pycache__", ".kaggle"}
+        or p.endswith("kaggle.json")
+    }
     assert not leaked
 
 
@@ -95,10 +112,28 @@ def test_determined_local_test_mode_runs_the_trial(airbnb, tmp_path):
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
     env.pop("SAMESPACE_DATA_DIR", None)
     out = subprocess.run(
-        [det, "experiment", "create", "--local", "--test", "const.yaml", ".",
-         "--config", "entrypoint=model_def:SiameseTrial", "--config", "hyperparameters.pretrained=false",
-         "--config", f"data.dir={airbnb['dir']}", "--config", "data.download=false"],
-        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=600,
+        [
+            det,
+            "experiment",
+            "create",
+            "--local",
+            "--test",
+            "const.yaml",
+            ".",
+            "--config",
+            "entrypoint=model_def:SiameseTrial",
+            "--config",
+            "hyperparameters.pretrained=false",
+            "--config",
+            f"data.dir={airbnb['dir']}",
+            "--config",
+            "data.download=false",
+        ],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "The test experiment passed." in out.stdout  # Determined logs to stdout

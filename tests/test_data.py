@@ -16,7 +16,6 @@ import data
 import synthetic
 from conftest import save_exif_rotated
 
-
 # ---------------------------------------------------------------- labels and the generated split
 
 
@@ -192,9 +191,13 @@ def test_too_few_negatives_takes_all_of_them(caplog):
 def test_near_negatives_are_drawn_more_often():
     # Singletons whose hashes sit at controlled distances: 1 bit, 8 bits or 32 bits from photo 0.
     base = np.uint64(0)
-    hashes = np.array([base] + [np.uint64(1 << i) for i in range(5)]
-                      + [np.uint64((1 << 8) - 1) << np.uint64(8 * (i + 1)) for i in range(5)]
-                      + [np.uint64(0xFFFFFFFF) << np.uint64(i) for i in range(5)], dtype=np.uint64)
+    hashes = np.array(
+        [base]
+        + [np.uint64(1 << i) for i in range(5)]
+        + [np.uint64((1 << 8) - 1) << np.uint64(8 * (i + 1)) for i in range(5)]
+        + [np.uint64(0xFFFFFFFF) << np.uint64(i) for i in range(5)],
+        dtype=np.uint64,
+    )
     rooms = np.arange(len(hashes))
     distance = data.hamming(hashes[:, None], hashes[None, :])
     near, far = (distance > 0) & (distance <= 2), distance >= 24
@@ -239,16 +242,21 @@ def test_upsampled_pairs_carry_their_transforms():
     images = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8)
     pairs = data.build_pairs(np.array([0, 0]), np.array([0, 1], dtype=np.uint64))
     dataset = data.ImagePairDataset(images, pairs)
-    by_variants = {(int(a), int(b), int(v1), int(v2)): i for i, (a, b, v1, v2) in enumerate(
-        zip(pairs.first, pairs.second, pairs.first_variant, pairs.second_variant))}
+    by_variants = {
+        (int(a), int(b), int(v1), int(v2)): i
+        for i, (a, b, v1, v2) in enumerate(zip(pairs.first, pairs.second, pairs.first_variant, pairs.second_variant))
+    }
     plain = data.normalise(images[0])
     flipped_first, plain_second, label = dataset[by_variants[(0, 1, 1, 0)]]
     assert torch.equal(flipped_first, torch.flip(plain, dims=[-1])) and label == 1
     assert torch.equal(plain_second, data.normalise(images[1]))
     rotated = TF.rotate(images[1], 5.0, interpolation=TF.InterpolationMode.BILINEAR)
     assert torch.equal(dataset[by_variants[(0, 1, 0, 2)]][1], data.normalise(rotated))
-    all_three = TF.rotate(TF.rotate(torch.flip(images[0], dims=[-1]), 5.0, interpolation=TF.InterpolationMode.BILINEAR),
-                          -5.0, interpolation=TF.InterpolationMode.BILINEAR)
+    all_three = TF.rotate(
+        TF.rotate(torch.flip(images[0], dims=[-1]), 5.0, interpolation=TF.InterpolationMode.BILINEAR),
+        -5.0,
+        interpolation=TF.InterpolationMode.BILINEAR,
+    )
     assert torch.equal(dataset[by_variants[(0, 0, 7, 0)]][0], data.normalise(all_three))
     assert not torch.equal(dataset[by_variants[(0, 0, 6, 0)]][0], plain)  # +5 then -5 is not the identity
 
@@ -339,7 +347,7 @@ def test_missing_credentials_with_the_real_kaggle_client(tmp_path, monkeypatch):
 def test_ensure_dataset_uses_a_placed_copy_when_downloads_are_off(tmp_path):
     (data.dataset_root(tmp_path) / "Training Data").mkdir(parents=True)
     assert data.ensure_dataset(tmp_path, allow_download=False) == data.dataset_root(tmp_path)
-    with pytest.raises(data.DataError, match="download is disabled"):
+    with pytest.raises(data.DataError, match="python data.py --data-dir"):
         data.ensure_dataset(tmp_path / "empty", allow_download=False)
 
 
@@ -350,3 +358,14 @@ def test_data_dir_precedence(monkeypatch, tmp_path):
     assert data.resolve_data_dir("elsewhere") == tmp_path / "elsewhere"
     monkeypatch.setenv(data.DATA_DIR_ENV, str(tmp_path / "mounted"))
     assert data.resolve_data_dir("elsewhere") == tmp_path / "mounted"
+    assert data.resolve_data_dir("elsewhere", explicit="flag") == tmp_path / "flag"
+
+
+def test_download_command_without_credentials_is_one_line(tmp_path, monkeypatch, capsys):
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "home" / ".kaggle"))
+    assert data.main(["--data-dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: Kaggle credentials not found") and err.count("\n") == 1

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 import data
-import metrics
 import model_def
 
 # Trainable: two towers (960*1280 + 1280 each) and the head (2560->2048->1024->512->64->1).
@@ -40,7 +39,13 @@ def test_trainable_parameters_are_the_towers_and_head(net):
 
 def test_network_shape_follows_the_original(net):
     linears = [m for m in net.head if isinstance(m, nn.Linear)]
-    assert [(m.in_features, m.out_features) for m in linears] == [(2560, 2048), (2048, 1024), (1024, 512), (512, 64), (64, 1)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (2560, 2048),
+        (2048, 1024),
+        (1024, 512),
+        (512, 64),
+        (64, 1),
+    ]
     assert [m.p for m in net.head if isinstance(m, nn.Dropout)] == [0.3, 0.4, 0.5]
     for tower in net.towers:
         assert isinstance(tower[0], nn.Linear) and (tower[0].in_features, tower[0].out_features) == (960, 1280)
@@ -75,9 +80,13 @@ def test_pair_metrics_reducer_covers_the_whole_set_across_slots():
     rng = np.random.default_rng(0)
     logits, labels = rng.normal(size=40), (rng.random(40) > 0.5).astype(np.float32)
     for part in range(4):  # two batches on each of two slots
-        reducers[part % 2].update(torch.tensor(logits[part * 10:(part + 1) * 10]), torch.tensor(labels[part * 10:(part + 1) * 10]))
+        reducers[part % 2].update(
+            torch.tensor(logits[part * 10 : (part + 1) * 10]), torch.tensor(labels[part * 10 : (part + 1) * 10])
+        )
     result = reducers[0].cross_slot_reduce([r.per_slot_reduce() for r in reducers])
-    torch_loss = nn.functional.binary_cross_entropy_with_logits(torch.tensor(logits), torch.tensor(labels, dtype=torch.float64))
+    torch_loss = nn.functional.binary_cross_entropy_with_logits(
+        torch.tensor(logits), torch.tensor(labels, dtype=torch.float64)
+    )
     assert result["validation_loss"] == pytest.approx(float(torch_loss), abs=1e-6)  # logits kept as float32
     assert result["validation_accuracy"] == pytest.approx(np.mean((logits > 0) == (labels == 1)))
     ranks = [(a, b) for a in logits[labels == 1] for b in logits[labels == 0]]
@@ -124,10 +133,11 @@ def test_checkpoint_reloads_in_a_fresh_process_elsewhere_with_the_same_logits(tr
     first, second = fixed_inputs()
     torch.save({"first": first, "second": second}, tmp_path / "inputs.pt")
     expected = trained["trial"].net.eval()(first, second).detach()
+    path = str(trained["checkpoint"])
     script = (
         "import json, sys, torch\n"
         "from determined import pytorch\n"
-        f"trial = pytorch.load_trial_from_checkpoint_path({str(trained['checkpoint'])!r}, trial_kwargs={{'pretrained': False}})\n"
+        f"trial = pytorch.load_trial_from_checkpoint_path({path!r}, trial_kwargs={{'pretrained': False}})\n"
         "x = torch.load('inputs.pt', weights_only=True)\n"
         f"sys.path.insert(0, {str(trained['checkpoint'] / 'code')!r})\n"
         "import model_def\n"  # the checkpoint's own copy of the code
@@ -136,7 +146,9 @@ def test_checkpoint_reloads_in_a_fresh_process_elsewhere_with_the_same_logits(tr
         " model_def.__file__]))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     via_trial, via_loader, module_file = json.loads(out.stdout.strip().splitlines()[-1])
     assert module_file.startswith(str(trained["checkpoint"]))
@@ -146,8 +158,18 @@ def test_checkpoint_reloads_in_a_fresh_process_elsewhere_with_the_same_logits(tr
 def test_resumed_run_continues_at_the_checkpoint_batch(trained, airbnb, monkeypatch):
     monkeypatch.setenv("XDG_DATA_HOME", str(trained["xdg"]))
     monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
-    args = model_def.parse_args(["--data-dir", str(airbnb["dir"]), "--batches", "5", "--no-pretrained",
-                                 "--no-download", "--resume", trained["checkpoint"].name])
+    args = model_def.parse_args(
+        [
+            "--data-dir",
+            str(airbnb["dir"]),
+            "--batches",
+            "5",
+            "--no-pretrained",
+            "--no-download",
+            "--resume",
+            trained["checkpoint"].name,
+        ]
+    )
     resumed = model_def.train_locally(args)
     assert resumed.report.first_batch == 3
     with open(Path(resumed.report.checkpoints[-1]) / "trial_state.pkl", "rb") as handle:
@@ -189,10 +211,123 @@ def test_cli_reports_data_problems_in_one_line(tmp_path):
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
     env.pop(data.DATA_DIR_ENV, None)
     out = subprocess.run(
-        [sys.executable, str(model_def.PROJECT_DIR / "model_def.py"), "--data-dir", str(tmp_path / "nothing"),
-         "--no-download", "--no-pretrained", "--batches", "1"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(model_def.PROJECT_DIR / "model_def.py"),
+            "--data-dir",
+            str(tmp_path / "nothing"),
+            "--no-download",
+            "--no-pretrained",
+            "--batches",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith("error: no dataset under")
     assert "Traceback" not in out.stderr
+
+
+# ---------------------------------------------------------------- optimizer
+
+
+def tiny_problem(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    x, y = torch.randn(32, 8), torch.randint(0, 2, (32,)).float()
+    return model, x, y
+
+
+def run_steps(model, optimizer, x, y, steps):
+    for _ in range(steps):
+        loss = nn.functional.binary_cross_entropy_with_logits(model(x).squeeze(1), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def test_compiled_optimizer_step_matches_the_eager_one():
+    hparams = {"lr": 0.002061, "alpha": 0.926, "compile_optimizer": "true"}
+    eager_model, x, y = tiny_problem()
+    compiled_model, _, _ = tiny_problem()
+    eager = torch.optim.RMSprop(eager_model.parameters(), lr=hparams["lr"], alpha=hparams["alpha"])
+    compiled = model_def.make_optimizer(compiled_model, hparams, "cpu", compile_after=2)
+    run_steps(eager_model, eager, x, y, 6)
+    run_steps(compiled_model, compiled, x, y, 6)
+    assert compiled.step.calls == 6 and compiled.step.compiled is not None and not compiled.step.failed
+    for a, b in zip(eager_model.parameters(), compiled_model.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert torch.allclose(
+        eager.state_dict()["state"][0]["square_avg"], compiled.state_dict()["state"][0]["square_avg"], atol=1e-7
+    )
+
+
+def test_failed_compilation_falls_back_to_eager(monkeypatch, caplog):
+    def broken(fn):
+        def call(*args, **kwargs):
+            raise RuntimeError("no C++ compiler found")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    model, x, y = tiny_problem()
+    reference, _, _ = tiny_problem()
+    optimizer = model_def.make_optimizer(model, {"lr": 1e-3, "alpha": 0.9}, "cpu", compile_after=0)
+    eager = torch.optim.RMSprop(reference.parameters(), lr=1e-3, alpha=0.9)
+    run_steps(model, optimizer, x, y, 3)
+    run_steps(reference, eager, x, y, 3)
+    assert optimizer.step.failed and caplog.text.count("continuing eagerly") == 1
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters()))
+
+
+def test_compile_setting():
+    model, _, _ = tiny_problem()
+    assert isinstance(model_def.make_optimizer(model, {"lr": 1e-3, "alpha": 0.9}, "cpu").step, model_def.CompiledAfter)
+    plain = model_def.make_optimizer(model, {"lr": 1e-3, "alpha": 0.9, "compile_optimizer": False}, "cpu")
+    assert not isinstance(plain.step, model_def.CompiledAfter)
+    on_gpu = model_def.make_optimizer(model, {"lr": 1e-3, "alpha": 0.9}, "cuda")  # auto: eager on a GPU
+    assert not isinstance(on_gpu.step, model_def.CompiledAfter)
+    with pytest.raises(model_def.ConfigError, match="compile_optimizer"):
+        model_def.make_optimizer(model, {"lr": 1e-3, "alpha": 0.9, "compile_optimizer": "sometimes"}, "cpu")
+
+
+def test_two_local_processes_train_one_model(airbnb, tmp_path):
+    """Multi-slot training: two CPU processes under torchrun (gloo), global batch 64 split 32/32,
+    validation metrics reduced across both, one checkpoint written by the chief."""
+    env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg"), "OMP_NUM_THREADS": "1"}
+    env.pop(data.DATA_DIR_ENV, None)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29517",
+            str(model_def.PROJECT_DIR / "model_def.py"),
+            "--data-dir",
+            str(airbnb["dir"]),
+            "--batches",
+            "4",
+            "--no-pretrained",
+            "--no-download",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    checkpoints = [p for p in (tmp_path / "xdg" / "determined").iterdir() if p.name != "tensorboard"]
+    assert len(checkpoints) == 1
+    with open(checkpoints[0] / "trial_state.pkl", "rb") as handle:
+        assert pickle.load(handle)["batches_trained"] == 4
+    combined = out.stdout + out.stderr
+    assert "report_validation_metrics" in combined and "validation_auc" in combined
+    split = data.load_split(airbnb["root"] / data.SPLITS["test"])
+    pairs = data.build_pairs(split.rooms, data.wavelet_hashes(split.images))
+    assert f"validated: {len(pairs)} records" in combined  # the whole set, across both processes

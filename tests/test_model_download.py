@@ -42,8 +42,11 @@ class FakeExperiment:
 
     def list_checkpoints(self, sort_by, order_by, max_results):
         self.asked = (sort_by, order_by, max_results)
-        ranked = sorted(self.checkpoints, key=lambda c: c.training.validation_metrics["avgMetrics"]["validation_loss"],
-                        reverse=order_by == client.OrderBy.DESCENDING)
+        ranked = sorted(
+            self.checkpoints,
+            key=lambda c: c.training.validation_metrics["avgMetrics"]["validation_loss"],
+            reverse=order_by == client.OrderBy.DESCENDING,
+        )
         return ranked[:max_results]
 
 
@@ -75,7 +78,9 @@ def search():
 
 def test_best_checkpoints_by_the_searcher_metric(search, tmp_path, capsys):
     experiment, _ = search
-    code = model_download.main(["--experiment", "7", "--top-n", "2", "--output", str(tmp_path)], connect=FakeSession({7: experiment}))
+    code = model_download.main(
+        ["--experiment", "7", "--top-n", "2", "--output", str(tmp_path)], connect=FakeSession({7: experiment})
+    )
     assert code == 0
     assert experiment.asked == (client.CheckpointSortBy.SEARCHER_METRIC, client.OrderBy.ASCENDING, 2)
     lines = capsys.readouterr().out.strip().splitlines()
@@ -95,7 +100,12 @@ def test_larger_is_better_experiments_rank_descending(search, tmp_path):
 
 def test_one_checkpoint_by_uuid(search, tmp_path, capsys):
     _, by_uuid = search
-    assert model_download.main(["--checkpoint", "ccc", "--output", str(tmp_path)], connect=FakeSession(checkpoints=by_uuid)) == 0
+    assert (
+        model_download.main(
+            ["--checkpoint", "ccc", "--output", str(tmp_path)], connect=FakeSession(checkpoints=by_uuid)
+        )
+        == 0
+    )
     assert capsys.readouterr().out.startswith("ccc  trial 3  validation_loss 0.410000")
 
 
@@ -104,30 +114,58 @@ def test_non_empty_folders_are_protected_unless_forced(search, tmp_path, capsys)
     mine = tmp_path / "bbb" / "notes.txt"
     mine.parent.mkdir()
     mine.write_text("my notes")
-    code = model_download.main(["--experiment", "7", "--top-n", "3", "--output", str(tmp_path)], connect=FakeSession({7: experiment}))
+    code = model_download.main(
+        ["--experiment", "7", "--top-n", "3", "--output", str(tmp_path)], connect=FakeSession({7: experiment})
+    )
     assert code == 2 and "exists and is not empty; pass --force" in capsys.readouterr().err
     assert mine.read_text() == "my notes"
     assert all(c.downloads == 0 for c in by_uuid.values())  # refused before downloading anything
-    assert model_download.main(["--experiment", "7", "--output", str(tmp_path), "--force"], connect=FakeSession({7: experiment})) == 0
+    assert (
+        model_download.main(
+            ["--experiment", "7", "--output", str(tmp_path), "--force"], connect=FakeSession({7: experiment})
+        )
+        == 0
+    )
     assert not mine.exists() and (tmp_path / "bbb" / "state_dict.pth").is_file()
 
 
 def test_failed_download_leaves_nothing_behind(tmp_path, capsys):
     broken = FakeCheckpoint("ddd", 4, 0.3)
     broken.download = lambda path: (Path(path).mkdir(), (_ for _ in ()).throw(OSError("disk full")))
-    code = model_download.main(["--checkpoint", "ddd", "--output", str(tmp_path)], connect=FakeSession(checkpoints={"ddd": broken}))
+    code = model_download.main(
+        ["--checkpoint", "ddd", "--output", str(tmp_path)], connect=FakeSession(checkpoints={"ddd": broken})
+    )
     assert code == 1 and "disk full" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("args, session, message", [
-    (["--experiment", "99"], FakeSession({}), "error: experiment 99 not found on the master"),
-    (["--checkpoint", "zzz"], FakeSession(), "error: checkpoint zzz not found on the master"),
-    (["--experiment", "5"], FakeSession({5: FakeExperiment([])}), "error: experiment 5 has no completed checkpoints"),
-    (["--experiment", "5"], FakeSession(fail=errors.UnauthenticatedException()), "error: the master rejected the credentials"),
-    (["--experiment", "5"], FakeSession(fail=errors.ForbiddenException("invalid credentials")), "error: the master rejected the credentials"),
-    (["--experiment", "5"], FakeSession(fail=errors.MasterNotFoundException("Connection refused")), "error: cannot reach the Determined master"),
-])
+@pytest.mark.parametrize(
+    "args, session, message",
+    [
+        (["--experiment", "99"], FakeSession({}), "error: experiment 99 not found on the master"),
+        (["--checkpoint", "zzz"], FakeSession(), "error: checkpoint zzz not found on the master"),
+        (
+            ["--experiment", "5"],
+            FakeSession({5: FakeExperiment([])}),
+            "error: experiment 5 has no completed checkpoints",
+        ),
+        (
+            ["--experiment", "5"],
+            FakeSession(fail=errors.UnauthenticatedException()),
+            "error: the master rejected the credentials",
+        ),
+        (
+            ["--experiment", "5"],
+            FakeSession(fail=errors.ForbiddenException("invalid credentials")),
+            "error: the master rejected the credentials",
+        ),
+        (
+            ["--experiment", "5"],
+            FakeSession(fail=errors.MasterNotFoundException("Connection refused")),
+            "error: cannot reach the Determined master",
+        ),
+    ],
+)
 def test_failures_give_one_line_and_a_non_zero_exit(args, session, message, tmp_path, capsys):
     assert model_download.main(args + ["--output", str(tmp_path)], connect=session) != 0
     err = capsys.readouterr().err

@@ -19,7 +19,6 @@ from sklearn import metrics as skm
 import data
 import metrics
 import model_inference
-import scoring
 import synthetic
 
 
@@ -34,22 +33,14 @@ def direct_logits(net, images, first, second, first_variant, second_variant):
     return np.array(out)
 
 
-def test_pair_scorer_equals_the_head_on_concatenated_embeddings(small_net):
-    torch.manual_seed(1)
-    first, second = torch.randn(7, 1280), torch.randn(7, 1280)
-    scorer = scoring.PairScorer(small_net.head, first, second, batch_size=5)
-    a, b = np.array([0, 3, 6, 2, 2, 5]), np.array([1, 3, 0, 4, 6, 5])
-    expected = small_net.score(first[a], second[b])
-    assert torch.allclose(scorer.logits(a, b), expected, atol=1e-5)
-    assert scorer.evaluations == 6
-
-
 def test_evaluate_equals_a_direct_computation_on_the_same_pairs(small_net, airbnb, tmp_path):
     outcome = model_inference.evaluate(small_net, {"data": {"seed": 0}}, airbnb["dir"], torch.device("cpu"))
     report = outcome["report"]
     split = data.load_split(airbnb["root"] / data.SPLITS["test"])
     pairs = data.build_pairs(split.rooms, data.wavelet_hashes(split.images))
-    logits = direct_logits(small_net, split.images, pairs.first, pairs.second, pairs.first_variant, pairs.second_variant)
+    logits = direct_logits(
+        small_net, split.images, pairs.first, pairs.second, pairs.first_variant, pairs.second_variant
+    )
     labels = pairs.label
     balanced = report["balanced"]
     assert balanced["pairs"] == len(pairs) and balanced["positives"] == pairs.positives
@@ -64,8 +55,10 @@ def test_evaluate_equals_a_direct_computation_on_the_same_pairs(small_net, airbn
     n = len(split)
     a, b = np.triu_indices(n, k=1)
     zeros = np.zeros(len(a), int)
-    both = (1 / (1 + np.exp(-direct_logits(small_net, split.images, a, b, zeros, zeros)))
-            + 1 / (1 + np.exp(-direct_logits(small_net, split.images, b, a, zeros, zeros)))) / 2
+    both = (
+        1 / (1 + np.exp(-direct_logits(small_net, split.images, a, b, zeros, zeros)))
+        + 1 / (1 + np.exp(-direct_logits(small_net, split.images, b, a, zeros, zeros)))
+    ) / 2
     natural = report["all_distinct_pairs"]
     natural_labels = (split.rooms[a] == split.rooms[b]).astype(int)
     assert natural["pairs"] == n * (n - 1) // 2 and natural["positives"] == natural_labels.sum()
@@ -95,8 +88,9 @@ def photo_folder(tmp_path):
     """Known duplicate groups, singletons, a truncated JPEG, a text file named .jpg, a name that
     needs escaping in HTML, odd formats, and a subfolder."""
     folder = tmp_path / "listing"
-    made = synthetic.make_split(folder, rooms=3, photos_per_room=(3, 3), size=(80, 60), rng=np.random.default_rng(3),
-                                singles=3)
+    made = synthetic.make_split(
+        folder, rooms=3, photos_per_room=(3, 3), size=(80, 60), rng=np.random.default_rng(3), singles=3
+    )
     flat = folder / "flat"
     flat.mkdir()
     for photo in made:  # dedup photos without the Airbnb layout: one folder, any names
@@ -152,8 +146,13 @@ def test_dedup_maps_reports_and_never_touches_the_photos(small_net, photo_folder
 
 def test_duplicate_groups_are_connected_components():
     result = model_inference.Dedup(
-        names=["a", "b", "c", "d", "e"], first=np.array([0, 1, 3, 0]), second=np.array([1, 2, 4, 4]),
-        scores=np.array([0.9, 0.7, 0.8, 0.2]), threshold=0.6, search="all", head_evaluations=8,
+        names=["a", "b", "c", "d", "e"],
+        first=np.array([0, 1, 3, 0]),
+        second=np.array([1, 2, 4, 4]),
+        scores=np.array([0.9, 0.7, 0.8, 0.2]),
+        threshold=0.6,
+        search="all",
+        head_evaluations=8,
     )
     assert result.groups() == [[0, 1, 2], [3, 4]]
     assert result.duplicates() == {"a": ["b"], "b": ["a", "c"], "c": ["b"], "d": ["e"], "e": ["d"]}
@@ -181,8 +180,14 @@ def test_candidate_scores_equal_all_pairs_scores(small_net):
 
 def run_cli(*args, cwd):
     env = {k: v for k, v in os.environ.items() if k != data.DATA_DIR_ENV}
-    return subprocess.run([sys.executable, str(Path(model_inference.__file__)), *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(Path(model_inference.__file__)), *map(str, args)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_cli_on_a_training_checkpoint(trained, airbnb, photo_folder, tmp_path):

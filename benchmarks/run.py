@@ -1,0 +1,428 @@
+"""SameSpace benchmarks: each comparison measured side by side in one process, reported as ratios.
+
+    python benchmarks/run.py [--quick] [--sections sampling,training,dedup,gpu]
+
+1. Pair set and hash-weighted sampling: the original method (an N^2-row pandas frame, an imagehash
+   difference per pair, pandas 1.x's weighted ``DataFrame.sample``) against ours at N = 631; ours alone at N = 5,000
+   and 20,000 with peak memory.
+2. Training pairs per second on the CPU for an Airbnb-sized pair set (631 photos, 199,552 pairs an
+   epoch): end-to-end (the trunk per pair) against cached trunk features, the cache build, and the
+   projected wall time of a 30-epoch trial both ways.
+3. dedup of 1,000 and 10,000 photos: head evaluations and time, all pairs against candidate search,
+   and the share of planted duplicate pairs the candidates keep.
+4. With a GPU: 2 and 3 there, and trunk images per second.
+
+Speed does not depend on weight values, so the networks use random weights (no download). Machines
+are noisy: read the ratios, not the absolute times. The last lines are one per target:
+``target <name>: <measured> (goal <goal>) met|missed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import tempfile
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import data  # noqa: E402
+import features  # noqa: E402
+import model_def  # noqa: E402
+import model_inference  # noqa: E402
+
+# The original's 631 training photos: 1,559 same-room ordered pairs (self-pairs included).
+AIRBNB_GROUP_SIZES = [1] * 148 + [2] * 104 + [3] * 50 + [4] * 20 + [5] * 9
+EPOCHS = 30
+BATCH = 64
+
+ROWS: list[tuple[str, str, str]] = []
+TARGETS: list[tuple[str, str, str, bool]] = []
+
+
+def row(section: str, what: str, value: str) -> None:
+    ROWS.append((section, what, value))
+    print(f"  {section:<9} {what:<58} {value}", flush=True)
+
+
+def target(name: str, measured: str, goal: str, met: bool) -> None:
+    TARGETS.append((name, measured, goal, met))
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    gc.collect()
+    start = time.perf_counter()
+    result = fn()
+    return result, time.perf_counter() - start
+
+
+def with_peak_memory(fn: Callable[[], Any]) -> tuple[Any, float, int]:
+    """Result, seconds and peak traced allocation (numpy and torch CPU buffers report to tracemalloc)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        result, seconds = timed(fn)
+        return result, seconds, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def airbnb_like_rooms(n: int, seed: int = 0) -> np.ndarray:
+    """Room labels for ``n`` photos with the original training split's group-size distribution."""
+    if n == sum(AIRBNB_GROUP_SIZES):
+        sizes = list(AIRBNB_GROUP_SIZES)
+    else:
+        rng = np.random.default_rng(seed)
+        sizes = []
+        while sum(sizes) < n:
+            sizes.append(int(rng.choice(AIRBNB_GROUP_SIZES)))
+        sizes[-1] -= sum(sizes) - n
+    return np.repeat(np.arange(len(sizes)), sizes)
+
+
+def random_hashes(n: int, seed: int = 0) -> np.ndarray:
+    return data.pack_bits(np.random.default_rng(seed).random((n, 64)) < 0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# 1. Pair set and sampling
+
+
+def original_pair_set(rooms: np.ndarray, hashes: np.ndarray, seed: int = 0):
+    """The original method: every ordered pair as a pandas row, an ImageHash difference per pair
+    (``DataFrame.apply``), x64 upsampled positives, and ``DataFrame.sample`` for the negatives."""
+    import imagehash
+    import pandas as pd
+
+    bits = np.unpackbits(hashes.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1).astype(bool)
+    image_hashes = [imagehash.ImageHash(b.reshape(8, 8)) for b in bits]
+    n = len(rooms)
+    frame = pd.DataFrame({"image1": np.repeat(np.arange(n), n), "image2": np.tile(np.arange(n), n)})
+    frame["label"] = (rooms[frame.image1] == rooms[frame.image2]).astype(int)
+    frame["hamming"] = frame.apply(lambda r: image_hashes[r.image1] - image_hashes[r.image2], axis=1)
+    positives = frame[frame.label == 1]
+    for transform in data.TRANSFORMS:  # each transform: image 1, image 2, both or neither
+        parts = []
+        for first, second in [(False, False), (True, False), (False, True), (True, True)]:
+            part = positives.copy()
+            part[f"{transform}_1"], part[f"{transform}_2"] = first, second
+            parts.append(part)
+        positives = pd.concat(parts, ignore_index=True)
+    candidates = frame[frame.label == 0]
+    # DataFrame.sample(n, weights=..., random_state=seed) as in the pandas of the original (1.x):
+    # pandas 3 refuses weights this skewed without replacement, so call what 1.x called.
+    weights = np.exp(-candidates.hamming.to_numpy(dtype=float))
+    chosen = np.random.RandomState(seed).choice(
+        len(candidates), size=len(positives), replace=False, p=weights / weights.sum()
+    )
+    negatives = candidates.iloc[chosen]
+    return pd.concat([positives, negatives], ignore_index=True)
+
+
+def bench_sampling(quick: bool) -> None:
+    print("1. pair set and hash-weighted sampling", flush=True)
+    rooms, hashes = airbnb_like_rooms(631), random_hashes(631)
+    original, original_s = timed(lambda: original_pair_set(rooms, hashes))
+    ours, ours_s = timed(lambda: data.build_pairs(rooms, hashes, sampler="streaming"))
+    exact, exact_s = timed(lambda: data.build_pairs(rooms, hashes, sampler="exact"))
+    assert len(original) == len(ours) == len(exact) == 199_552
+    row("sampling", "N=631 original (pandas frame, imagehash per pair)", f"{original_s:.2f} s")
+    row("sampling", "N=631 ours, streaming sampler", f"{ours_s * 1e3:.1f} ms")
+    row("sampling", "N=631 ours, exact sampler (vectorised RandomState.choice)", f"{exact_s * 1e3:.1f} ms")
+    speedup = original_s / ours_s
+    row("sampling", "N=631 speed-up, streaming over original", f"{speedup:.0f}x")
+    target("sampling_speedup_n631", f"{speedup:.0f}x", ">= 100x", speedup >= 100)
+    for n in (5_000, 20_000):
+        big_rooms, big_hashes = airbnb_like_rooms(n, seed=n), random_hashes(n, seed=n)
+        pairs, seconds, peak = with_peak_memory(lambda: data.build_pairs(big_rooms, big_hashes, sampler="streaming"))
+        row(
+            "sampling",
+            f"N={n:,} ours: {len(pairs):,} pairs from {n * n:,} candidates",
+            f"{seconds:.1f} s, peak {peak / 2**30:.2f} GiB",
+        )
+        if n == 20_000:
+            target("sampling_n20000_seconds", f"{seconds:.1f} s", "< 60 s", seconds < 60)
+            target("sampling_n20000_peak_memory", f"{peak / 2**30:.2f} GiB", "< 2 GiB", peak < 2 * 2**30)
+
+
+# --------------------------------------------------------------------------------------------
+# 2. Training throughput
+
+
+def train_steps(net, optimizer, batches, device) -> int:
+    """The trial's train_batch on plain torch: forward, BCE-with-logits, backward, RMSprop."""
+    pairs = 0
+    for first, second, labels in batches:
+        first, second, labels = first.to(device), second.to(device), labels.to(device)
+        loss = F.binary_cross_entropy_with_logits(net(first, second), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        pairs += len(labels)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return pairs
+
+
+HPARAMS = {"lr": 0.002061, "alpha": 0.926, "compile_optimizer": "auto"}
+
+
+def pairs_per_second(net, loader, device, warmup: int, measured: int, compile_after: int) -> tuple[float, float]:
+    """Steady-state pairs per second with the trial's optimizer, and the warm-up's seconds (loader
+    workers, and the optimizer's compilation when ``compile_after`` falls inside it)."""
+    optimizer = model_def.make_optimizer(net, HPARAMS, device, compile_after=compile_after)
+    batches = iter(loader)
+    _, warmup_s = timed(lambda: train_steps(net, optimizer, (next(batches) for _ in range(warmup)), device))
+    pairs, seconds = timed(lambda: train_steps(net, optimizer, (next(batches) for _ in range(measured)), device))
+    return pairs / seconds, warmup_s
+
+
+def floor_pairs_per_second(net, device, measured: int) -> float:
+    """Forward and backward of the trainable layers alone on ready-made feature batches: no data
+    loading, no optimizer. What the head's ~8M (towers' 2.5M) parameters per pair cost at best."""
+    first, second = torch.randn(BATCH, 960, device=device), torch.randn(BATCH, 960, device=device)
+    labels = torch.randint(0, 2, (BATCH,), device=device).float()
+
+    def run(steps):
+        for _ in range(steps):
+            net.zero_grad(set_to_none=True)
+            F.binary_cross_entropy_with_logits(net(first, second), labels).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    run(3)
+    _, seconds = timed(lambda: run(measured))
+    return measured * BATCH / seconds
+
+
+def bench_training(quick: bool, device: torch.device, label: str = "training") -> dict[str, float]:
+    print(f"2. training pairs per second ({device.type})", flush=True)
+    rooms = airbnb_like_rooms(631)
+    images = torch.randint(0, 256, (631, 3, 256, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pairs = data.build_pairs(rooms, random_hashes(631))
+    epoch = len(pairs)
+    torch.manual_seed(0)
+    net = model_def.SiameseNet(pretrained=False, dropouts=(0.306, 0.491, 0.562)).to(device).train()
+
+    with tempfile.TemporaryDirectory() as folder:
+        subset = 24 if quick else len(images)
+        cache = features.FeatureCache(folder, net.trunk, device=device)
+        cached_features, build_s = timed(lambda: cache.features(images[:subset]))
+        build_full_s = build_s * len(images) / subset
+        note = "" if subset == len(images) else f" (measured on {subset}, projected)"
+        row(label, f"feature cache build, 631 photos x 8 variants{note}", f"{build_full_s:.0f} s")
+    if subset < len(images):  # quick: the remaining photos get random features (speed is the same)
+        cached_features = torch.cat([cached_features, torch.randn(len(images) - subset, data.N_VARIANTS, 960)])
+
+    settings = model_def.DataSettings(workers=2)
+    cached_set = features.FeaturePairDataset(cached_features, pairs)
+    cached_loader = torch.utils.data.DataLoader(
+        cached_set, batch_size=BATCH, shuffle=True, collate_fn=features.collate_batch
+    )
+    # As in a trial: the optimizer step is compiled on the CPU (after 500 steps there; here at the
+    # first step, so that the measurement is the steady state and the compilation is timed).
+    cached, warmup_s = pairs_per_second(
+        net, cached_loader, device, warmup=10, measured=100 if quick else 400, compile_after=0
+    )
+    row(label, "cached path warm-up: 10 steps, optimizer compilation included", f"{warmup_s:.1f} s")
+    e2e_loader = torch.utils.data.DataLoader(
+        data.ImagePairDataset(images, pairs),
+        batch_size=BATCH,
+        shuffle=True,
+        num_workers=settings.workers,
+        persistent_workers=True,
+    )
+    e2e, _ = pairs_per_second(
+        net,
+        e2e_loader,
+        device,
+        warmup=1,
+        compile_after=model_def.COMPILE_AFTER_STEPS,
+        measured=(3 if quick else 10) if device.type == "cpu" else 30,
+    )
+    floor = floor_pairs_per_second(net, device, measured=100 if quick else 300)
+
+    cached_h = (build_full_s + warmup_s + EPOCHS * epoch / cached) / 3600
+    e2e_h = EPOCHS * epoch / e2e / 3600
+    row(label, "end-to-end (trunk per pair, 2 loader workers)", f"{e2e:,.1f} pairs/s")
+    row(label, "cached trunk features", f"{cached:,.0f} pairs/s")
+    row(label, "floor: trainable layers' forward+backward only", f"{floor:,.0f} pairs/s")
+    row(label, "cached over end-to-end", f"{cached / e2e:,.0f}x")
+    row(label, "cached as a share of the floor", f"{cached / floor:.0%}")
+    row(label, f"projected {EPOCHS}-epoch trial, {epoch:,} pairs/epoch: end-to-end", f"{e2e_h:,.0f} h")
+    row(label, f"projected {EPOCHS}-epoch trial: cached, cache build and warm-up included", f"{cached_h:.2f} h")
+    return {"cached": cached, "e2e": e2e, "floor": floor, "cached_h": cached_h, "e2e_h": e2e_h}
+
+
+# --------------------------------------------------------------------------------------------
+# 3. dedup
+
+
+NOISE_RATIOS = (1.0, 1.5, 2.0)  # photo noise over the spread between rooms; the target uses 1.0
+
+
+def planted_trunk_features(n: int, noise_ratio: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """Trunk-like features (non-negative, 960-d) with planted duplicate clusters of Airbnb-like
+    sizes: a base shared by all photos, a per-room offset, and per-photo noise ``noise_ratio``
+    times the offsets' spread. Returns the features and the room of each photo."""
+    generator = torch.Generator().manual_seed(seed)
+    rooms = airbnb_like_rooms(n, seed=seed)
+    base = torch.rand(960, generator=generator) * 2
+    offsets = 0.3 * torch.randn(int(rooms.max()) + 1, 960, generator=generator)
+    noise = 0.3 * noise_ratio * torch.randn(n, 960, generator=generator)
+    return (base + offsets[torch.from_numpy(rooms)] + noise).clamp_min(0), rooms
+
+
+def kept_share(found: model_inference.Dedup, rooms: np.ndarray) -> tuple[float, int]:
+    """Share of the planted same-room pairs among the scored candidate pairs."""
+    planted = {pair for room in np.unique(rooms) for pair in _pairs_of(np.flatnonzero(rooms == room))}
+    return len(planted & set(zip(found.first.tolist(), found.second.tolist()))) / max(1, len(planted)), len(planted)
+
+
+def bench_dedup(quick: bool, device: torch.device, label: str = "dedup") -> dict[int, dict[str, float]]:
+    print(f"3. dedup, all pairs against candidate search ({device.type})", flush=True)
+    torch.manual_seed(0)
+    net = model_def.SiameseNet(pretrained=False, dropouts=(0.3, 0.5, 0.5)).to(device).eval()
+    results: dict[int, dict[str, float]] = {}
+    for n in (1_000, 10_000):
+        for ratio in NOISE_RATIOS if n == 10_000 else NOISE_RATIOS[:1]:
+            trunk_features, rooms = planted_trunk_features(n, ratio, seed=n)
+            with torch.inference_mode():
+                x = trunk_features.to(device)
+                first, second = net.towers[0](x), net.towers[1](x)
+            names = [f"photo_{i}.jpg" for i in range(n)]
+            found, knn_s = timed(
+                lambda: model_inference.score_embeddings(first, second, net.head, names, search="knn", neighbours=20)
+            )
+            kept, planted = kept_share(found, rooms)
+            row(label, f"N={n:,} noise {ratio:g}x room spread: planted pairs kept (k=20)", f"{kept:.4f} of {planted:,}")
+            if ratio == 1.0:
+                results[n] = {"kept": kept, "reduction": n * (n - 1) / found.head_evaluations}
+                results[n].update(_all_pairs_against(found, knn_s, first, second, net, names, quick, device, label))
+        if n == 10_000:
+            trunk_features, rooms = planted_trunk_features(n, 1.0, seed=n)
+            with torch.inference_mode():
+                first, second = net.towers[0](trunk_features.to(device)), net.towers[1](trunk_features.to(device))
+            found, seconds = timed(
+                lambda: model_inference.score_embeddings(
+                    first, second, net.head, names, search="knn", neighbours=20, index="faiss"
+                )
+            )
+            kept, _ = kept_share(found, rooms)
+            row(label, f"N={n:,} faiss HNSW instead of exact search: kept, time", f"{kept:.4f}, {seconds:.1f} s")
+    return results
+
+
+def _all_pairs_against(found, knn_s, first, second, net, names, quick, device, label) -> dict[str, float]:
+    n = len(names)
+    all_evaluations = n * (n - 1)
+    if n <= 1_000 or (not quick and device.type == "cuda"):
+        every, all_s = timed(lambda: model_inference.score_embeddings(first, second, net.head, names, search="all"))
+        lookup = dict(zip(zip(every.first.tolist(), every.second.tolist()), every.scores.tolist()))
+        worst = max(
+            abs(lookup[(a, b)] - s) for a, b, s in zip(found.first.tolist(), found.second.tolist(), found.scores)
+        )
+        row(label, f"N={n:,} candidate vs all-pairs score of the same pair, largest difference", f"{worst:.1e}")
+        how = "measured"
+    else:  # 10^8 head evaluations: time a sample of pairs and project
+        sample = 500_000 if quick else 2_000_000
+        a = np.random.default_rng(0).integers(0, n, sample)
+        b = (a + 1 + np.random.default_rng(1).integers(0, n - 1, sample)) % n
+        scorer = model_inference.scoring.PairScorer(net.head, first, second)
+        _, sample_s = timed(lambda: scorer.probabilities(a, b))
+        all_s = sample_s * all_evaluations / (2 * sample)
+        how = f"projected from {2 * sample:,}"
+    reduction = all_evaluations / found.head_evaluations
+    row(label, f"N={n:,} all pairs: {all_evaluations:,} head evaluations", f"{all_s:,.1f} s ({how})")
+    row(label, f"N={n:,} candidates (k=20): {found.head_evaluations:,} head evaluations", f"{knn_s:,.1f} s")
+    row(label, f"N={n:,} fewer head evaluations / speed-up", f"{reduction:,.0f}x / {all_s / knn_s:,.0f}x")
+    return {"speedup": all_s / knn_s}
+
+
+def _pairs_of(members: np.ndarray):
+    return [(int(a), int(b)) for i, a in enumerate(members) for b in members[i + 1 :]]
+
+
+# --------------------------------------------------------------------------------------------
+# 4. GPU
+
+
+def bench_gpu(quick: bool) -> None:
+    if not torch.cuda.is_available():
+        print("4. GPU: none here, skipped", flush=True)
+        row("gpu", "no CUDA device", "skipped")
+        return
+    device = torch.device("cuda")
+    print(f"4. GPU: {torch.cuda.get_device_name(device)}", flush=True)
+    net = model_def.SiameseNet(pretrained=False).to(device).eval()
+    images = torch.randint(0, 256, (256, 3, 256, 256), dtype=torch.uint8)
+    features.trunk_features(net.trunk, images[:32], device=device)
+    torch.cuda.synchronize()
+    _, seconds = timed(lambda: [features.trunk_features(net.trunk, images, v, device) for v in range(4)])
+    row("gpu", "trunk images per second (fp32, batch 256, preprocessing included)", f"{4 * len(images) / seconds:,.0f}")
+    training = bench_training(quick, device, label="gpu")
+    dedup = bench_dedup(quick, device, label="gpu")
+    row("gpu", "cached over end-to-end on the GPU", f"{training['cached'] / training['e2e']:,.0f}x")
+    row("gpu", "dedup N=10,000 candidate speed-up on the GPU", f"{dedup[10_000]['speedup']:,.0f}x")
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer batches and projections (under 20 minutes on 2 CPU cores)"
+    )
+    parser.add_argument("--sections", default="sampling,training,dedup,gpu", help="comma-separated subset to run")
+    args = parser.parse_args(argv)
+    sections = set(args.sections.split(","))
+    print(
+        f"SameSpace benchmarks ({'quick' if args.quick else 'full'}): torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
+    cpu = torch.device("cpu")
+    if "sampling" in sections:
+        bench_sampling(args.quick)
+    if "training" in sections:
+        training = bench_training(args.quick, cpu)
+        ratio = training["cached"] / training["e2e"]
+        target("cached_over_end_to_end_cpu", f"{ratio:,.0f}x", ">= 100x", ratio >= 100)
+        target("trial_30_epochs_cached_cpu", f"{training['cached_h']:.2f} h", "< 2 h", training["cached_h"] < 2)
+    if "dedup" in sections:
+        dedup = bench_dedup(args.quick, cpu)
+        target(
+            "dedup_n10000_fewer_head_evaluations",
+            f"{dedup[10_000]['reduction']:,.0f}x",
+            ">= 50x",
+            dedup[10_000]["reduction"] >= 50,
+        )
+        target(
+            "dedup_n10000_duplicate_pairs_kept",
+            f"{dedup[10_000]['kept']:.4f}",
+            ">= 0.99",
+            dedup[10_000]["kept"] >= 0.99,
+        )
+    if "gpu" in sections:
+        bench_gpu(args.quick)
+
+    print("\n| section | measurement | value |\n|---|---|---|")
+    for section, what, value in ROWS:
+        print(f"| {section} | {what} | {value} |")
+    print()
+    for name, measured, goal, met in TARGETS:
+        print(f"target {name}: {measured} (goal {goal}) {'met' if met else 'missed'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""scoring.py: the split-layer pair scorer equals the head, pair enumeration, backbone counting."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import scoring
+
+
+def test_pair_scorer_equals_the_head_on_concatenated_embeddings(small_net):
+    torch.manual_seed(1)
+    first, second = torch.randn(7, 1280), torch.randn(7, 1280)
+    scorer = scoring.PairScorer(small_net.head, first, second, batch_size=5)
+    a, b = np.array([0, 3, 6, 2, 2, 5]), np.array([1, 3, 0, 4, 6, 5])
+    assert torch.allclose(scorer.logits(a, b), small_net.score(first[a], second[b]), atol=1e-5)
+    assert scorer.evaluations == 6
+
+
+def test_probabilities_are_the_mean_of_both_orders(small_net):
+    torch.manual_seed(2)
+    first, second = torch.randn(4, 1280), torch.randn(4, 1280)
+    scorer = scoring.PairScorer(small_net.head, first, second)
+    a, b = np.array([0, 1]), np.array([2, 3])
+    forward, backward = torch.sigmoid(scorer.logits(a, b)), torch.sigmoid(scorer.logits(b, a))
+    assert np.allclose(scorer.probabilities(a, b), ((forward + backward) / 2).numpy())
+    assert np.allclose(scorer.probabilities(a, b), scorer.probabilities(b, a))
+
+
+def test_upper_pairs_enumerates_each_unordered_pair_once():
+    a, b = scoring.all_upper_pairs(37)
+    assert len(a) == 37 * 36 // 2 and np.all(a < b)
+    assert len(set(zip(a.tolist(), b.tolist()))) == len(a)
+    assert [len(x) for x in scoring.all_upper_pairs(1)] == [0, 0]
+
+
+def test_embedder_counts_backbone_passes(small_net):
+    embedder = scoring.Embedder(small_net, torch.device("cpu"), batch_size=4)
+    features = embedder.trunk_features(torch.randint(0, 256, (10, 3, 256, 256), dtype=torch.uint8))
+    assert features.shape == (10, 960) and embedder.trunk_images == 10
+    first, second = embedder.embed(features)
+    assert first.shape == second.shape == (10, 1280)
+    assert torch.equal(first, second)  # both towers start as copies of one classifier, as in the original
