@@ -198,12 +198,12 @@ def dedup(
     if not folder.is_dir():
         raise data.DataError(f"not a folder: {folder}")
     paths = list_files(folder, recursive, exclude)
-    images, kept, unreadable = scoring.read_images(paths)
+    embedder = scoring.Embedder(net, device)
+    trunk_features, kept, unreadable = scoring.features_of_files(embedder, paths)
     for skipped in unreadable:
         logger.warning("skipped %s", skipped.reason)
     names = [paths[i].relative_to(folder).as_posix() for i in kept]
-    embedder = scoring.Embedder(net, device)
-    first, second = embedder.embed(embedder.trunk_features(images))
+    first, second = embedder.embed(trunk_features)
     result = score_embeddings(first, second, net.head, names, threshold, search, neighbours, index)
     result.trunk_images, result.unreadable = embedder.trunk_images, unreadable
     return result
@@ -292,9 +292,11 @@ def run(args: argparse.Namespace) -> None:
             f"(A->B {result['a_then_b']:.4f}, B->A {result['b_then_a']:.4f})"
         )
     elif args.command == "evaluate":
-        output = reports.prepare_output(args.output or Path("samespace-outputs") / f"evaluate-{label}", args.force)
+        output = Path(args.output or Path("samespace-outputs") / f"evaluate-{label}")
+        reports.prepare_output(output, args.force, create=False)
         config = load_data.get("experiment_config") or {}
         outcome = evaluate(net, config, data.resolve_data_dir(explicit=args.data_dir), device)
+        reports.prepare_output(output, force=True)
         reports.write_json(output / "evaluation.json", {"checkpoint": str(args.checkpoint), **outcome["report"]})
         reports.write_curves_png(output / "curves.png", outcome["curves"])
         balanced, natural = outcome["report"]["balanced"], outcome["report"]["all_distinct_pairs"]
@@ -308,8 +310,10 @@ def run(args: argparse.Namespace) -> None:
         )
         print(f"report: {output / 'evaluation.json'}  curves: {output / 'curves.png'}")
     else:
+        if not args.folder.is_dir():
+            raise data.DataError(f"not a folder: {args.folder}")
         output = Path(args.output) if args.output else Path("samespace-outputs") / f"dedup-{args.folder.resolve().name}"
-        output = reports.prepare_output(output, args.force)
+        reports.prepare_output(output, args.force, create=False)
         result = dedup(
             net,
             args.folder,

@@ -20,14 +20,16 @@ class OutputError(Exception):
     """An output folder that must not be written; its message is one line."""
 
 
-def prepare_output(folder: str | Path, force: bool) -> Path:
-    """Create ``folder``; refuse a non-empty one unless ``force`` (reports are never overwritten unasked)."""
+def prepare_output(folder: str | Path, force: bool, create: bool = True) -> Path:
+    """Check ``folder`` (refusing a non-empty one unless ``force``: reports are never overwritten
+    unasked) and create it. ``create=False`` only checks, so a failure later leaves nothing behind."""
     folder = Path(folder)
     if folder.is_file():
         raise OutputError(f"output {folder} is a file, not a folder")
     if folder.is_dir() and any(folder.iterdir()) and not force:
         raise OutputError(f"output folder {folder} is not empty; pass --force to overwrite its reports")
-    folder.mkdir(parents=True, exist_ok=True)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 

@@ -39,7 +39,7 @@ class Embedder:
         for batch in tqdm(images.split(self.batch_size), desc=desc, unit="batch", leave=False):
             out.append(features.trunk_features(self.net.trunk, batch, variant=0, device=self.device))
             self.trunk_images += len(batch)
-        return torch.cat(out) if out else torch.zeros(0, self.net.towers[0][0].in_features)
+        return torch.cat(out)
 
     @torch.inference_mode()
     def embed(self, trunk_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,3 +98,20 @@ def read_images(paths: list, desc: str = "reading photos") -> tuple[torch.Tensor
     """Decode photos to (N, 3, 256, 256) uint8; unreadable ones are returned, not raised."""
     array, kept, skipped = data.read_photos(paths, desc=desc)
     return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous(), kept, skipped
+
+
+def features_of_files(
+    embedder: Embedder, paths: list, chunk: int = 512
+) -> tuple[torch.Tensor, list[int], list[data.Skipped]]:
+    """Trunk features of photo files, decoded and embedded a chunk at a time so that memory holds
+    960 floats per photo rather than its pixels. Returns features, the positions of the photos
+    that decoded, and the files that did not."""
+    parts, kept, skipped = [], [], []
+    for start in tqdm(range(0, len(paths), chunk), desc="photos", unit="chunk", disable=len(paths) <= chunk):
+        images, ok, bad = read_images(paths[start : start + chunk], desc="reading photos")
+        if len(images):
+            parts.append(embedder.trunk_features(images))
+        kept += [start + i for i in ok]
+        skipped += bad
+    width = embedder.net.towers[0][0].in_features
+    return (torch.cat(parts) if parts else torch.zeros(0, width)), kept, skipped

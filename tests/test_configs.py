@@ -105,8 +105,10 @@ def test_detignore_keeps_data_outputs_and_credentials_out_of_the_context(tmp_pat
     assert not leaked
 
 
-def test_determined_local_test_mode_runs_the_trial(airbnb, tmp_path):
-    """``det experiment create --local --test`` (offline in 0.38.1). It only accepts the legacy
+@pytest.mark.parametrize("feature_cache", ["true", "false"])
+def test_determined_local_test_mode_runs_the_trial(airbnb, tmp_path, feature_cache):
+    """``det experiment create --local --test`` (offline in 0.38.1): one training and one
+    validation batch, on the cached and on the end-to-end path. It only accepts the legacy
     ``module:Class`` entrypoint, so the run overrides const.yaml's script entrypoint."""
     det = shutil.which("det") or str(Path(sys.executable).parent / "det")
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg")}
@@ -128,6 +130,8 @@ def test_determined_local_test_mode_runs_the_trial(airbnb, tmp_path):
             f"data.dir={airbnb['dir']}",
             "--config",
             "data.download=false",
+            "--config",
+            f"data.feature_cache={feature_cache}",
         ],
         cwd=PROJECT,
         env=env,

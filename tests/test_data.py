@@ -51,6 +51,12 @@ def test_split_labels_and_skips_are_exact(airbnb):
     # Room groups: the generated rooms, five single odd photos, and the EXIF photo with its twin.
     sizes = sorted(np.unique(split.rooms, return_counts=True)[1].tolist())
     assert sizes == sorted(synthetic.group_sizes(airbnb["made"]["train"]) + [1] * 5 + [2])
+    # Pair counts on these photos: 64 * sum(g^2) positives, negatives capped by what exists.
+    pairs = data.build_pairs(split.rooms, data.wavelet_hashes(split.images))
+    positives = 64 * sum(g * g for g in sizes)
+    n = len(split)
+    assert pairs.positives == positives
+    assert len(pairs) - positives == min(positives, n * n - sum(g * g for g in sizes))
 
 
 def test_skipped_files_are_reported_with_reasons(airbnb, caplog):

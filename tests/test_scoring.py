@@ -41,3 +41,24 @@ def test_embedder_counts_backbone_passes(small_net):
     first, second = embedder.embed(features)
     assert first.shape == second.shape == (10, 1280)
     assert torch.equal(first, second)  # both towers start as copies of one classifier, as in the original
+
+
+def test_files_are_embedded_chunk_by_chunk_with_failures_listed(small_net, tmp_path):
+    from PIL import Image
+
+    paths = []
+    for i in range(7):
+        path = tmp_path / f"p{i}.png"
+        if i in (2, 3, 4):
+            path.write_text("not a photo")  # chunk [3, 4, 5) is then mostly unreadable
+        else:
+            Image.new("RGB", (20, 20), (30 * i, 10, 200 - 20 * i)).save(path)
+        paths.append(path)
+    chunked = scoring.Embedder(small_net, torch.device("cpu"))
+    features, kept, skipped = scoring.features_of_files(chunked, paths, chunk=3)
+    assert kept == [0, 1, 5, 6] and {s.path.name for s in skipped} == {"p2.png", "p3.png", "p4.png"}
+    whole = scoring.Embedder(small_net, torch.device("cpu"))
+    expected, _, _ = scoring.features_of_files(whole, paths, chunk=100)
+    assert torch.allclose(features, expected, atol=1e-6) and chunked.trunk_images == 4
+    nothing, kept, _ = scoring.features_of_files(whole, paths[2:5], chunk=2)
+    assert nothing.shape == (0, 960) and kept == []

@@ -1,0 +1,47 @@
+"""benchmarks/run.py compares like with like: the original method it times builds the same pair
+set as ours (the timing itself belongs to the benchmark, not to the tests)."""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+
+import numpy as np
+
+import data
+from conftest import PROJECT
+
+sys.path.insert(0, str(PROJECT / "benchmarks"))
+import run as bench  # noqa: E402
+
+
+def test_original_method_builds_the_same_pair_set():
+    rooms = bench.airbnb_like_rooms(300, seed=3)  # enough different-room pairs for the x64 positives
+    hashes = bench.random_hashes(300)
+    original = bench.original_pair_set(rooms, hashes)
+    ours = data.build_pairs(rooms, hashes)
+    assert len(original) == len(ours)
+    positives = original[original.label == 1]
+    assert Counter(zip(positives.image1, positives.image2)) == Counter(
+        zip(ours.first[ours.label == 1].tolist(), ours.second[ours.label == 1].tolist())
+    )
+    negatives = original[original.label == 0]
+    assert not negatives.duplicated(["image1", "image2"]).any()
+    assert np.all(rooms[negatives.image1] != rooms[negatives.image2])
+
+
+def test_airbnb_like_rooms_reproduce_the_original_split():
+    rooms = bench.airbnb_like_rooms(631)
+    sizes = np.unique(rooms, return_counts=True)[1]
+    assert sizes.sum() == 631 and (sizes**2).sum() == 1559
+    assert len(bench.airbnb_like_rooms(5_000, seed=1)) == 5_000
+
+
+def test_planted_clusters_are_what_the_recall_counts():
+    features, rooms = bench.planted_trunk_features(200, noise_ratio=1.0, seed=0)
+    assert features.shape == (200, 960) and features.min() >= 0
+    same = [(a, b) for a in range(200) for b in range(a + 1, 200) if rooms[a] == rooms[b]]
+    first, second = np.array([a for a, _ in same[:5]]), np.array([b for _, b in same[:5]])
+    found = bench.model_inference.Dedup([], first, second, np.ones(5), 0.5, "knn", 10)
+    kept, planted = bench.kept_share(found, rooms)
+    assert planted == len(same) and kept == 5 / len(same)
