@@ -336,9 +336,20 @@ def pack_bits(bits: np.ndarray) -> np.ndarray:
     return np.packbits(bits.astype(bool), axis=1).view(">u8").reshape(-1).astype(np.uint64)
 
 
+_BYTE_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+
+def popcount(values: np.ndarray) -> np.ndarray:
+    """Set bits per uint64 (``np.bitwise_count`` on numpy >= 2, a byte table on older images)."""
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(values).astype(np.uint8)
+    as_bytes = np.ascontiguousarray(values).view(np.uint8).reshape(*values.shape, 8)
+    return _BYTE_POPCOUNT[as_bytes].sum(axis=-1, dtype=np.uint8)
+
+
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Elementwise Hamming distance of packed 64-bit hashes (broadcasting)."""
-    return np.bitwise_count(np.bitwise_xor(a, b)).astype(np.uint8)
+    return popcount(np.bitwise_xor(a, b))
 
 
 @dataclasses.dataclass

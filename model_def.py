@@ -63,6 +63,8 @@ def allow_determined_checkpoints() -> None:
     torch 2.6 ``torch.load`` refuses such globals by default, which breaks reloading and
     pause/resume. Allow exactly the numpy pieces of that state, not arbitrary pickles.
     """
+    if not hasattr(torch.serialization, "add_safe_globals"):  # torch < 2.4 loads them anyway
+        return
     multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
     torch.serialization.add_safe_globals([np.ndarray, np.dtype, multiarray._reconstruct, type(np.dtype(np.uint32))])
 

@@ -375,3 +375,12 @@ def test_download_command_without_credentials_is_one_line(tmp_path, monkeypatch,
     assert data.main(["--data-dir", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Kaggle credentials not found") and err.count("\n") == 1
+
+
+def test_popcount_fallback_matches_numpy(monkeypatch):
+    values = random_hashes(50, seed=9)
+    expected = np.array([bin(int(v)).count("1") for v in values])
+    assert np.array_equal(data.popcount(values), expected)
+    monkeypatch.delattr(np, "bitwise_count")  # the byte-table path of numpy < 2 images
+    assert np.array_equal(data.popcount(values), expected)
+    assert np.array_equal(data.popcount(values.reshape(5, 10)), expected.reshape(5, 10))
