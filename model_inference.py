@@ -58,10 +58,8 @@ def evaluate(net: model_def.SiameseNet, config: dict, data_dir: Path, device: to
     logits = scorer.logits(
         variant_item(pairs.first, pairs.first_variant), variant_item(pairs.second, pairs.second_variant)
     ).numpy()
-    balanced = {
-        **metrics.pair_metrics(logits, pairs.label),
-        **metrics.score_report(pairs.label, metrics.sigmoid(logits)),
-    }
+    probabilities = metrics.sigmoid(logits)
+    balanced = {**metrics.pair_metrics(logits, pairs.label), **metrics.score_report(pairs.label, probabilities)}
 
     a, b = scoring.all_upper_pairs(len(split))
     natural_labels = (split.rooms[a] == split.rooms[b]).astype(np.int64)
@@ -77,7 +75,7 @@ def evaluate(net: model_def.SiameseNet, config: dict, data_dir: Path, device: to
         },
     }
     curves = {
-        "balanced": (pairs.label, metrics.sigmoid(logits)),
+        "balanced": (pairs.label, probabilities),
         "all distinct pairs": (natural_labels, natural_scores),
     }
     return {"report": report, "curves": curves}
@@ -170,15 +168,15 @@ def score_embeddings(
     else:
         table = candidates.nearest_neighbours(candidates.search_vectors(first, second), neighbours, method=index)
         a, b = candidates.candidate_pairs(table)
-    scores = scorer.probabilities(a, b) if len(a) else np.empty(0, np.float32)
-    return Dedup(list(names), a, b, scores, threshold, search, scorer.evaluations)
+    return Dedup(list(names), a, b, scorer.probabilities(a, b), threshold, search, scorer.evaluations)
 
 
 def list_files(folder: Path, recursive: bool, exclude: Path | None = None) -> list[Path]:
     pattern = folder.rglob("*") if recursive else folder.iterdir()
     files = sorted(p for p in pattern if p.is_file())
     if exclude is not None:
-        files = [p for p in files if not p.resolve().is_relative_to(exclude.resolve())]
+        excluded = exclude.resolve()
+        files = [p for p in files if not p.resolve().is_relative_to(excluded)]
     return files
 
 
@@ -212,6 +210,7 @@ def dedup(
 def write_dedup_outputs(result: Dedup, folder: Path, output: Path, with_scores: bool) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     groups = result.groups()
+    pair_scores = {(int(a), int(b)): float(s) for a, b, s in zip(*result.duplicate_pairs)}
     summary = {
         "photos": len(result.names),
         "skipped files": len(result.unreadable),
@@ -219,12 +218,11 @@ def write_dedup_outputs(result: Dedup, folder: Path, output: Path, with_scores: 
         "search": result.search,
         "scored pairs": int(len(result.scores)),
         "head evaluations": result.head_evaluations,
-        "duplicate pairs": int((result.scores >= result.threshold).sum()),
+        "duplicate pairs": len(pair_scores),
         "groups": len(groups),
     }
     reports.write_json(output / "duplicates.json", result.duplicates(with_scores))
     reports.write_pairs_csv(output / "pairs.csv", result.names, result.first, result.second, result.scores)
-    pair_scores = {(int(a), int(b)): float(s) for a, b, s in zip(*result.duplicate_pairs)}
     reports.write_dedup_html(
         output / "report.html", folder, result.names, groups, pair_scores, result.unreadable, summary
     )

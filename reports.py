@@ -119,21 +119,22 @@ def write_dedup_html(
         f"<style>{STYLE}</style><h1>Duplicate photos in {esc(str(folder))}</h1>",
         "<p>" + ", ".join(f"{esc(str(k))}: {esc(str(v))}" for k, v in summary.items()) + "</p>",
     ]
+    # Groups are connected through these pairs, so both photos of a pair share its group.
+    group_of = {member: number for number, members in enumerate(groups) for member in members}
+    rows: list[list[str]] = [[] for _ in groups]
+    for (a, b), score in sorted(pair_scores.items(), key=lambda item: -item[1]):
+        if a in group_of and group_of.get(b) == group_of[a]:
+            rows[group_of[a]].append(f"<tr><td>{esc(names[a])}</td><td>{esc(names[b])}</td><td>{score:.3f}</td></tr>")
     for number, members in enumerate(groups, 1):
         photos = "".join(
             f"<figure><img src='{thumbnail_uri(folder / names[m])}' alt='{esc(names[m])}'>"
             f"<figcaption>{esc(names[m])}</figcaption></figure>"
             for m in members
         )
-        rows = "".join(
-            f"<tr><td>{esc(names[a])}</td><td>{esc(names[b])}</td><td>{score:.3f}</td></tr>"
-            for (a, b), score in sorted(pair_scores.items(), key=lambda item: -item[1])
-            if a in members and b in members
-        )
         parts.append(
             f"<div class='group'><h2>Group {number} ({len(members)} photos)</h2>"
             f"<div class='photos'>{photos}</div><table><tr><th>first</th><th>second</th><th>score</th></tr>"
-            f"{rows}</table></div>"
+            f"{''.join(rows[number - 1])}</table></div>"
         )
     if not groups:
         parts.append("<p>No duplicates above the threshold.</p>")

@@ -8,8 +8,6 @@ that layer is computed once too, and a pair costs the remaining 2048->1024->512-
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -78,20 +76,9 @@ class PairScorer:
         return ((torch.sigmoid(self.logits(a, b)) + torch.sigmoid(self.logits(b, a))) / 2).numpy()
 
 
-def upper_pairs(n: int, rows_per_block: int = 256) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """All unordered pairs i < j of ``n`` items, in blocks of rows."""
-    for start in range(0, n, rows_per_block):
-        rows = np.arange(start, min(n, start + rows_per_block))
-        i, j = np.meshgrid(rows, np.arange(n), indexing="ij")
-        keep = j > i
-        yield i[keep], j[keep]
-
-
 def all_upper_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
-    blocks = list(upper_pairs(n))
-    if not blocks:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+    """All unordered pairs i < j of ``n`` items, row by row."""
+    return np.triu_indices(n, k=1)
 
 
 def read_images(paths: list, desc: str = "reading photos") -> tuple[torch.Tensor, list[int], list[data.Skipped]]:

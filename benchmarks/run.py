@@ -223,7 +223,6 @@ def bench_training(quick: bool, device: torch.device, label: str = "training") -
     if subset < len(images):  # quick: the remaining photos get random features (speed is the same)
         cached_features = torch.cat([cached_features, torch.randn(len(images) - subset, data.N_VARIANTS, 960)])
 
-    settings = model_def.DataSettings(workers=2)
     cached_set = features.FeaturePairDataset(cached_features, pairs)
     cached_loader = torch.utils.data.DataLoader(
         cached_set, batch_size=BATCH, shuffle=True, collate_fn=features.collate_batch
@@ -234,12 +233,12 @@ def bench_training(quick: bool, device: torch.device, label: str = "training") -
         net, cached_loader, device, warmup=10, measured=100 if quick else 400, compile_after=0
     )
     row(label, "cached path warm-up: 10 steps, optimizer compilation included", f"{warmup_s:.1f} s")
+    split = data.Split(photos=[], images=images, rooms=rooms, skipped=[])
+    e2e_set, e2e_options = model_def.pair_dataset(
+        split, pairs, model_def.DataSettings(feature_cache=False), net.trunk, device
+    )  # the trial's end-to-end dataset and loader options (2 workers)
     e2e_loader = torch.utils.data.DataLoader(
-        data.ImagePairDataset(images, pairs),
-        batch_size=BATCH,
-        shuffle=True,
-        num_workers=settings.workers,
-        persistent_workers=True,
+        e2e_set, batch_size=BATCH, shuffle=True, persistent_workers=True, **e2e_options
     )
     e2e, _ = pairs_per_second(
         net,
@@ -305,20 +304,18 @@ def bench_dedup(quick: bool, device: torch.device, label: str = "dedup") -> dict
             )
             kept, planted = kept_share(found, rooms)
             row(label, f"N={n:,} noise {ratio:g}x room spread: planted pairs kept (k=20)", f"{kept:.4f} of {planted:,}")
-            if ratio == 1.0:
-                results[n] = {"kept": kept, "reduction": n * (n - 1) / found.head_evaluations}
-                results[n].update(_all_pairs_against(found, knn_s, first, second, net, names, quick, device, label))
-        if n == 10_000:
-            trunk_features, rooms = planted_trunk_features(n, 1.0, seed=n)
-            with torch.inference_mode():
-                first, second = net.towers[0](trunk_features.to(device)), net.towers[1](trunk_features.to(device))
-            found, seconds = timed(
-                lambda: model_inference.score_embeddings(
-                    first, second, net.head, names, search="knn", neighbours=20, index="faiss"
+            if ratio != 1.0:
+                continue
+            results[n] = {"kept": kept, "reduction": n * (n - 1) / found.head_evaluations}
+            results[n].update(_all_pairs_against(found, knn_s, first, second, net, names, quick, device, label))
+            if n == 10_000:
+                approximate, seconds = timed(
+                    lambda: model_inference.score_embeddings(
+                        first, second, net.head, names, search="knn", neighbours=20, index="faiss"
+                    )
                 )
-            )
-            kept, _ = kept_share(found, rooms)
-            row(label, f"N={n:,} faiss HNSW instead of exact search: kept, time", f"{kept:.4f}, {seconds:.1f} s")
+                kept, _ = kept_share(approximate, rooms)
+                row(label, f"N={n:,} faiss HNSW instead of exact search: kept, time", f"{kept:.4f}, {seconds:.1f} s")
     return results
 
 
