@@ -17,7 +17,7 @@ import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -124,6 +124,30 @@ def not_a_regular_file(path: str | os.PathLike) -> str | None:
     )
 
 
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """``path`` opened for reading in binary, refused (``OSError`` whose message is the reason)
+    unless the opened descriptor is a regular file: opened non-blocking, so a FIFO or device
+    swapped in after any earlier check cannot block, and re-checked with ``fstat``, so what is
+    read is what was checked. Reads are then bounded by the file's size."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise OSError(not_a_regular_file(path) or exc.strerror or first_line(exc)) from None
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(
+                "not a regular file but "
+                + ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket")
+            )
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(descriptor, True)  # a regular file: ordinary reads from here on
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
 def reduction(size: tuple[int, int], target: int) -> tuple[int, int]:
     """Integer box-reduction factors per axis that keep at least REDUCING_GAP x ``target`` pixels."""
     return tuple(max(1, side // (REDUCING_GAP * target)) for side in size)  # type: ignore[return-value]
@@ -228,11 +252,8 @@ def read_photo(
     non-image or too-large files.
     """
     name = Path(path).name
-    problem = not_a_regular_file(path)
-    if problem:
-        raise UnreadablePhoto(name, problem)
     try:
-        with Image.open(path) as image:
+        with open_regular(path) as handle, Image.open(handle) as image:
             box = None
             if draft and image.format == "JPEG":
                 drafted = image.draft(None, (REDUCING_GAP * size, REDUCING_GAP * size))
@@ -260,7 +281,7 @@ def read_photo(
 def read_thumbnail(path: str | os.PathLike, size: int) -> Image.Image:
     """An upright RGB thumbnail, its longer side ``size`` (or less), decoded in bounded memory
     (JPEG draft, box reduction) for reports. Raises PIL's errors (callers show readable photos)."""
-    with Image.open(path) as image:
+    with open_regular(path) as handle, Image.open(handle) as image:
         width, height = image.size
         scale = min(1.0, size / max(width, height))
         fitted = (max(1, round(width * scale)), max(1, round(height * scale)))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -237,3 +240,20 @@ def test_thumbnails_are_upright_and_keep_the_aspect_ratio(tmp_path):
     assert pixels[2, 10, 0] > 200 and pixels[-3, 10, 2] > 200
     Image.fromarray(textured_photo(1200, 2400)).save(tmp_path / "wide.tif")  # box-reduced first
     assert photos.read_thumbnail(tmp_path / "wide.tif", 160).size == (160, 80)
+
+
+def test_open_regular_refuses_a_fifo_without_blocking_and_reads_a_file(tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")
+    started = time.monotonic()
+    with pytest.raises(OSError, match="^not a regular file but a FIFO$"):
+        photos.open_regular(tmp_path / "pipe.png")  # a blocking open would wait for a writer forever
+    assert time.monotonic() - started < 5
+    with pytest.raises(OSError, match="not a regular file but a folder"):
+        photos.open_regular(tmp_path)
+    with pytest.raises(OSError, match="No such file"):
+        photos.open_regular(tmp_path / "gone.png")
+    (tmp_path / "a.bin").write_bytes(b"abc")
+    with photos.open_regular(tmp_path / "a.bin") as handle:
+        assert handle.read() == b"abc"
+    with pytest.raises(photos.UnreadablePhoto, match="pipe.png: not a regular file but a FIFO"):
+        photos.read_photo(tmp_path / "pipe.png")
