@@ -148,6 +148,35 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
         raise
 
 
+# Deflate encodes at most 258 bytes in 2 bits (one length-258, distance-1 match): no complete
+# stream is smaller than 1/1032 of what it decodes to.
+DEFLATE_MAX_RATIO = 1032
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by IHDR colour type
+
+
+def png_too_short(handle: BinaryIO) -> bool:
+    """True when a PNG's image data (IDAT chunks) is too short to hold the size its header
+    declares: a stream that ends early decodes without error in PIL, the missing rows blank."""
+    handle.seek(8)
+    header = handle.read(25)
+    if len(header) < 25 or header[4:8] != b"IHDR":
+        return False  # not a PNG PIL would read as one: PIL says why
+    width, height = int.from_bytes(header[8:12], "big"), int.from_bytes(header[12:16], "big")
+    bits = header[16] * PNG_CHANNELS.get(header[17], 4)
+    pixel_bytes = height * -(-width * bits // 8)  # a lower bound, interlaced or not (no filter bytes)
+    data, position = 0, 33
+    while True:
+        handle.seek(position)
+        chunk = handle.read(8)
+        if len(chunk) < 8 or chunk[4:8] == b"IEND":
+            break
+        length = int.from_bytes(chunk[:4], "big")
+        data += length if chunk[4:8] == b"IDAT" else 0
+        position += 12 + length
+    handle.seek(0)
+    return (data + 1) * DEFLATE_MAX_RATIO < pixel_bytes
+
+
 def reduction(size: tuple[int, int], target: int) -> tuple[int, int]:
     """Integer box-reduction factors per axis that keep at least REDUCING_GAP x ``target`` pixels."""
     return tuple(max(1, side // (REDUCING_GAP * target)) for side in size)  # type: ignore[return-value]
@@ -254,6 +283,8 @@ def read_photo(
     name = Path(path).name
     try:
         with open_regular(path) as handle, Image.open(handle) as image:
+            if image.format == "PNG" and png_too_short(handle):
+                raise UnreadablePhoto(name, f"truncated: too little image data for {image.width}x{image.height}")
             box = None
             if draft and image.format == "JPEG":
                 drafted = image.draft(None, (REDUCING_GAP * size, REDUCING_GAP * size))
