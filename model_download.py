@@ -23,10 +23,12 @@ import math
 import os
 import re
 import shutil
+import signal
 import stat
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -403,8 +405,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def interrupt(signum: int, frame: Any) -> NoReturn:
+    raise KeyboardInterrupt  # so a scheduler's SIGTERM unwinds like Ctrl-C: staging folders removed
+
+
 def main(argv: Sequence[str] | None = None, connect: Callable[..., Any] = connect, fetch: Callable = fetch) -> int:
     args = parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
     try:
         if args.top_n < 1:
             raise DownloadError(f"--top-n must be at least 1, not {args.top_n}")
@@ -422,6 +430,12 @@ def main(argv: Sequence[str] | None = None, connect: Callable[..., Any] = connec
     except Exception as exc:  # the client's errors, turned into one line each
         print(f"error: {explain(exc, args)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; the checkpoint being downloaded was not saved (those listed were)", file=sys.stderr)
+        return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     for item in saved:
         value = "n/a" if item.value is None else f"{item.value:.6f}"
         print(f"{item.uuid}  trial {item.trial_id}  {item.metric} {value}  {item.path}")

@@ -159,6 +159,25 @@ def test_failed_download_leaves_nothing_behind(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_sigterm_during_a_download_is_one_line_and_leaves_nothing_behind(tmp_path, capsys):
+    import os
+    import signal
+
+    def terminated(checkpoint, content):
+        content.mkdir()
+        (content / "half.pth").write_text("half")
+        os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler sends
+        time.sleep(5)
+
+    session = FakeSession(checkpoints={D: FakeCheckpoint(D, 4, 0.3)})
+    code = model_download.main(["--checkpoint", D, "--output", str(tmp_path)], connect=session, fetch=terminated)
+    assert code == 130 and capsys.readouterr().err == (
+        "error: interrupted; the checkpoint being downloaded was not saved (those listed were)\n"
+    )
+    assert list(tmp_path.iterdir()) == []  # the staging folder removed
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
 def test_deleted_checkpoint_output_file_and_repeated_listing(search, tmp_path, capsys):
     experiment, by_uuid = search
     by_uuid[C].state = SimpleNamespace(name="DELETED")
