@@ -140,7 +140,7 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
                 "not a regular file but "
                 + ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket")
             )
-        if hasattr(os, "set_blocking"):
+        if hasattr(os, "O_NONBLOCK"):
             os.set_blocking(descriptor, True)  # a regular file: ordinary reads from here on
         return os.fdopen(descriptor, "rb")
     except BaseException:
