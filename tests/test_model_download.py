@@ -397,11 +397,12 @@ class FakeMaster(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if cut == "trickle":  # a byte at a time, each within the read timeout: never stalled
-            for offset in range(len(body)):
-                if self.server.done.wait(0.05):
-                    break
-                self.wfile.write(body[offset : offset + 1])
-                self.wfile.flush()
+            with contextlib.suppress(OSError):  # the client hangs up at its deadline
+                for offset in range(len(body)):
+                    if self.server.done.wait(0.05):
+                        break
+                    self.wfile.write(body[offset : offset + 1])
+                    self.wfile.flush()
             return
         self.wfile.write(body if cut is None else body[:cut])
         if cut is not None:
