@@ -10,15 +10,16 @@ runs on the GPU when there is one, and at 50,000 photos costs one 50k x 50k x 25
 near-linear build and query time with recall close to 1 at these settings, where exact search
 would grow quadratically; the benchmarks measure both.
 
-Compressed method ``ivfpq`` (what ``auto`` uses above ``EXACT_LIMIT``): faiss
+Compressed method ``ivfpq`` (chosen explicitly with ``--index ivfpq``; ``auto`` keeps HNSW above
+``EXACT_LIMIT`` until the compressed index's recall is measured on 2,560-d tower embeddings): faiss
 ``PCA192,IVF{K},SQ8`` on inner product. Each photo costs 192 bytes of 8-bit code plus an 8-byte id
 (200 bytes) instead of 10 KB of float32, plus a fixed part (PCA matrix 2560 x 192 floats = 2 MB,
 K x 192 float centroids) that divides away as the folder grows. (PQ64 codes would be 72 bytes, but
 faiss-cpu 1.15.1's PQ training did not finish in minutes on this shared machine, so SQ8 it is.)
 ``index_bytes(index) / index.ntotal`` is the serialised size per photo; tests keep it at or
 below 300 bytes. ``NPROBE`` cells are searched per query; it was set so that recall of planted
-duplicate pairs against exact search is at least 0.99 (tests/test_candidates.py and the
-benchmarks' ``scale`` section measure it). The index is trained on a sample, filled and searched
+duplicate pairs against exact search is at least 0.99 on 128-d look-alike vectors
+(tests/test_candidates.py); at 2,560-d it is not measured yet. The index is trained on a sample, filled and searched
 blockwise (``compressed_index``, ``add_blocks``, ``search_blocks``), so a caller never needs all
 float32 vectors in memory at once.
 """
@@ -37,7 +38,7 @@ logger = logging.getLogger("samespace.candidates")
 
 EXACT_LIMIT = 50_000
 METHODS = ("auto", "exact", "faiss", "ivfpq")
-NPROBE = 16  # IVF cells searched per query: duplicate-pair recall >= 0.99 in the tests and benchmarks
+NPROBE = 16  # IVF cells searched per query: duplicate-pair recall >= 0.99 in the tests (128-d)
 COMPRESSED_MIN = 5_000  # fewer photos than this train a poor coarse quantizer: exact search instead
 TRAIN_PER_CELL = 40  # faiss warns below 39 training vectors per IVF cell
 
@@ -148,9 +149,9 @@ def nearest_neighbours(vectors: torch.Tensor, k: int, method: str = "auto") -> n
         raise ValueError(f"method must be one of {METHODS}")
     if len(vectors) < 2 or k < 1:
         return np.empty((len(vectors), 0), np.int64)
-    if method == "faiss":
+    if method == "faiss" or (method == "auto" and len(vectors) > EXACT_LIMIT):
         return knn_faiss(vectors, k)
-    if method == "ivfpq" or (method == "auto" and len(vectors) > EXACT_LIMIT):
+    if method == "ivfpq":
         if len(vectors) >= COMPRESSED_MIN:
             return knn_ivfpq(vectors, k)
         logger.info("ivfpq needs at least %d photos to train; exact search for %d", COMPRESSED_MIN, len(vectors))
