@@ -115,17 +115,17 @@ def network_features(
     images: torch.Tensor,
     device: torch.device | str = "cpu",
     engine_name: str = "torch",
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, str]:
     """A network's cached trunk features of uint8 images in its preprocessing: (N, 8, D) from a
     shared trunk, (N, 8, 2, D) when each side has its own (the original's checkpoints; one engine
-    export each, as their weights differ)."""
-    per_trunk = [
-        FeatureCache(root, trunk, device, preprocessing=net.preprocessing, engine_name=engine_name).features(
-            images, f"trunk features ({i})"
-        )
-        for i, trunk in enumerate(net.trunks)
+    export each, as their weights differ). Also the engine that ran (``engine.label``)."""
+    caches = [
+        FeatureCache(root, trunk, device, preprocessing=net.preprocessing, engine_name=engine_name)
+        for trunk in net.trunks
     ]
-    return per_trunk[0] if len(per_trunk) == 1 else torch.stack(per_trunk, dim=2)
+    per_trunk = [cache.features(images, f"trunk features ({i})") for i, cache in enumerate(caches)]
+    ran = caches[0].engine
+    return (per_trunk[0] if len(per_trunk) == 1 else torch.stack(per_trunk, dim=2)), ran
 
 
 class FeatureCache:

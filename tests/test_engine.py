@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import small_trunk
 from torch import nn
 
+from conftest import small_trunk
 from samespace import engine, features, scoring
 from samespace.errors import ConfigError
 from samespace.network import SiameseNet
