@@ -590,11 +590,12 @@ def bench_cpu(quick: bool, imagededup_python: str | None) -> None:
         theirs_s, how = imagededup_seconds(imagededup_python, Path(folder))
     if theirs_s is None:
         row("cpu", f"dedup of {n:,} 640x480 JPEGs: imagededup 0.3.3 CNN", how)
-        target("cpu_dedup_1000_vs_imagededup_cnn", how, "ours <= imagededup's time", None)
+        target("cpu_dedup_1000_vs_imagededup_cnn", how, "<= 0.67x its time", None)
         return
     row("cpu", f"dedup of {n:,} 640x480 JPEGs: imagededup 0.3.3 CNN (num_enc_workers=2)", f"{theirs_s:.1f} s")
     row("cpu", "dedup: our time over imagededup's", f"{ours_s / theirs_s:.2f}")
-    target("cpu_dedup_1000_vs_imagededup_cnn", f"{ours_s / theirs_s:.2f}x its time", "<= 1.0x", ours_s <= theirs_s)
+    ratio = ours_s / theirs_s  # issue 14: 1.5x faster than imagededup (the moonshot: 2x)
+    target("cpu_dedup_1000_vs_imagededup_cnn", f"{ratio:.2f}x its time", "<= 0.67x", ratio <= 0.67)
 
 
 # --------------------------------------------------------------------------------------------
