@@ -23,7 +23,7 @@ from typing import Any, Sequence
 # Only light imports up here: torch and the pipeline load inside the subcommands, so that
 # ``--help`` and argument errors answer at once.
 from samespace.errors import DataError, OutputError, SameSpaceError, first_line, plural, printable
-from samespace.settings import DATA_DIR_ENV, Hyperparameters, count, resolve_data_dir
+from samespace.settings import DATA_DIR_ENV, ENGINES, Hyperparameters, count, resolve_data_dir
 
 logger = logging.getLogger("samespace.inference")
 
@@ -33,7 +33,6 @@ ALL_PAIRS_LIMIT = 500
 INDEX_METHODS = ("auto", "exact", "faiss")
 EXACT_LIMIT = 50_000
 PREPROCESSING_CHOICES = ("auto", "ours", "original")  # samespace.checkpoints.PREPROCESSING_CHOICES
-ENGINES = ("auto", "torch", "onnx")  # samespace.engine.ENGINES
 
 
 def output_folder(

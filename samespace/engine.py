@@ -26,7 +26,7 @@ from samespace.errors import ConfigError, first_line
 
 logger = logging.getLogger("samespace.engine")
 
-ENGINES = ("auto", "torch", "onnx")
+ENGINES = settings.ENGINES
 OPSET = 17
 INPUT, OUTPUT = "images", "features"
 EXAMPLE_SHAPE = (1, 3, 256, 256)  # the batch axis is dynamic; the trunk's pooling takes any size

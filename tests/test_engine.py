@@ -168,3 +168,12 @@ def test_feature_cache_key_names_the_engine(cache, tmp_path):
     images = photos(2)
     torch.testing.assert_close(by_onnx.features(images), by_torch.features(images), rtol=0, atol=PARITY)
     assert by_onnx.built == by_torch.built == 2  # neither read the other's entries
+
+
+def test_the_data_section_chooses_the_cache_building_engine():
+    from samespace.settings import DataSettings
+
+    assert DataSettings.from_config(None).engine == "torch"  # existing caches keep their keys
+    assert DataSettings.from_config({"engine": "onnx"}).engine == "onnx"
+    with pytest.raises(ConfigError, match="engine"):
+        DataSettings.from_config({"engine": "openvino"})
