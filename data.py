@@ -308,7 +308,7 @@ def pair_dataset(
     default, or images through the trunk per pair (``feature_cache: false``, the reference)."""
     if not settings.feature_cache:
         return ImagePairDataset(split.images, pair_set), {"num_workers": settings.workers}
-    cache = features.FeatureCache(settings.cache_root(), trunk, device=device)
+    cache = features.FeatureCache(settings.cache_root(), trunk, device=device, engine_name=settings.engine)
     cached = cache.features(split.images, desc=f"trunk features ({name})" if name else "trunk features")
     return features.FeaturePairDataset(cached, pair_set), {"collate_fn": features.collate_batch}
 

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 # Only light imports up here: torch and the pipeline load inside the subcommands, so that
 # ``--help`` and argument errors answer at once.
 from samespace.errors import DataError, OutputError, SameSpaceError, first_line, plural, printable
-from samespace.settings import DATA_DIR_ENV, Hyperparameters, count, resolve_data_dir
+from samespace.settings import DATA_DIR_ENV, ENGINES, Hyperparameters, count, resolve_data_dir
 
 logger = logging.getLogger("samespace.inference")
 
@@ -107,11 +107,14 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if args.cache_dir:
         settings = dataclasses.replace(settings, cache_dir=args.cache_dir)
     split, pairs = data.load_pairs(settings, "test", data_dir=data_dir)
-    per_variant = features.network_features(settings.cache_root(data_dir), net, split.images, device)
+    per_variant, engine = features.network_features(
+        settings.cache_root(data_dir), net, split.images, device, engine_name=args.engine
+    )
     outcome = evaluation.evaluate(net, per_variant, pairs, split.rooms, device)
     report = {
         "checkpoint": str(args.checkpoint),
         "preprocessing": net.preprocessing,
+        "engine": engine,
         "warnings": [warning] if warning else [],
         **outcome["report"],
         "skipped_files": [f"{s.path.name}: {s.reason}" for s in split.skipped],
@@ -161,7 +164,7 @@ def run_compare(args: argparse.Namespace) -> None:
     warning = random_trunk_warning(meta, args.checkpoint)
     if warning:
         logger.warning(warning)
-    result = evaluation.compare(net, photos.as_tensor(pixels), device)
+    result = evaluation.compare(net, photos.as_tensor(pixels), device, engine_name=args.engine)
     print(
         f"{result['probability']:.4f}  P(same space) of {printable(args.first.name)} and "
         f"{printable(args.second.name)} (A->B {result['a_then_b']:.4f}, B->A {result['b_then_a']:.4f})"
@@ -191,6 +194,7 @@ def run_dedup(args: argparse.Namespace) -> None:
         neighbours=args.neighbours,
         index=args.index,
         exclude=output,
+        engine_name=args.engine,
     )
     dedup.write_outputs(result, args.folder, output, args.scores, checkpoint=Path(args.checkpoint).resolve().name)
     identical = int((result.duplicate_reasons == dedup.IDENTICAL).sum())
@@ -230,9 +234,12 @@ def build_parser() -> Parser:
     device_option.add_argument(
         "--preprocessing", choices=PREPROCESSING_CHOICES, default=argparse.SUPPRESS, help=preprocessing_help
     )
+    engine_help = "what runs the trunk: auto (onnxruntime on the CPU, torch on CUDA; default), torch, onnx"
+    device_option.add_argument("--engine", choices=ENGINES, default=argparse.SUPPRESS, help=engine_help)
     parser = Parser(prog=Path(__file__).name, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto", help=device_help)
     parser.add_argument("--preprocessing", choices=PREPROCESSING_CHOICES, default="auto", help=preprocessing_help)
+    parser.add_argument("--engine", choices=ENGINES, default="auto", help=engine_help)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{evaluate,compare,dedup}")
     checkpoint_help = "checkpoint folder (from model_download.py, a local run or the original's) or bare UUID"
 

@@ -221,6 +221,7 @@ def find_duplicates(
     neighbours: int = 20,
     index: str = "auto",
     exclude: Path | None = None,
+    engine_name: str = "torch",
 ) -> Dedup:
     """Duplicate photos in ``folder``: pairs the model scores at or above ``threshold``, and
     byte-identical files always (score 1.0, reason ``identical bytes``). Unreadable files and
@@ -228,7 +229,8 @@ def find_duplicates(
     if not folder.is_dir():
         raise DataError(f"not a folder: {folder}")
     listing = list_files(folder, recursive, exclude)
-    embedder = scoring.Embedder(net, device, autocast=True)  # bfloat16 trunk on CUDA, where it scores alike
+    # bfloat16 trunk on CUDA, where it scores alike; engine_name: onnxruntime on the CPU (engine.py)
+    embedder = scoring.Embedder(net, device, autocast=True, engine_name=engine_name)
     trunk_features, kept, unreadable = scoring.features_of_files(embedder, listing.files)
     skipped = sorted(listing.skipped + unreadable, key=lambda s: s.path)
     log_skipped(skipped, folder)

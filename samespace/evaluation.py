@@ -58,9 +58,11 @@ def evaluate(
     return {"report": report, "curves": curves}
 
 
-def compare(net: SiameseNet, images: torch.Tensor, device: torch.device) -> dict[str, float]:
+def compare(
+    net: SiameseNet, images: torch.Tensor, device: torch.device, engine_name: str = "torch"
+) -> dict[str, float]:
     """P(same space) of two uint8 photos (2, 3, H, W), in both orders and their mean."""
-    embedder = scoring.Embedder(net, device)
+    embedder = scoring.Embedder(net, device, engine_name=engine_name)
     scorer = scoring.PairScorer(net.head, *embedder.embed(embedder.backbone(images)))
     forward, backward = torch.sigmoid(scorer.logits(np.array([0, 1]), np.array([1, 0]))).tolist()
     return {"probability": (forward + backward) / 2, "a_then_b": forward, "b_then_a": backward}

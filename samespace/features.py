@@ -22,7 +22,7 @@ import filelock
 import numpy as np
 import torch
 
-from samespace import console, original, transforms
+from samespace import console, engine, original, transforms
 from samespace.errors import ConfigError, DataError, first_line
 from samespace.pairs import PairSet
 from samespace.photos import PREPROCESSING as PHOTO_PREPROCESSING
@@ -89,32 +89,43 @@ def trunk_features(
     *,
     autocast: bool = False,
     preprocessing: str = "ours",
+    runner: engine.OnnxTrunk | None = None,
 ) -> torch.Tensor:
     """Pooled trunk outputs (float32, on the CPU) for a batch of uint8 images in one variant.
 
     The uint8 pixels go to the device (a quarter of the bytes of float input) and are
     preprocessed there, in channels_last, so a trunk from ``inference_trunk`` runs its fast
     kernels. ``autocast`` runs the trunk in bfloat16 on CUDA (inference only: dedup embedding);
-    the features come back as float32 either way.
+    the features come back as float32 either way. ``runner`` (``engine.load``) runs the trunk's
+    forward pass instead of ``trunk`` itself.
     """
     device = torch.device(device)
     pixels = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     inputs = PREPROCESSINGS[preprocessing](transforms.apply_variant(pixels, variant))
+    if runner is not None:
+        return runner(inputs)
     inputs = inputs.contiguous(memory_format=torch.channels_last)
     with cudnn_benchmark(device), torch.autocast(device.type, torch.bfloat16, enabled=autocast):
         return trunk(inputs).float().cpu()
 
 
 def network_features(
-    root: str | os.PathLike, net: torch.nn.Module, images: torch.Tensor, device: torch.device | str = "cpu"
-) -> torch.Tensor:
+    root: str | os.PathLike,
+    net: torch.nn.Module,
+    images: torch.Tensor,
+    device: torch.device | str = "cpu",
+    engine_name: str = "torch",
+) -> tuple[torch.Tensor, str]:
     """A network's cached trunk features of uint8 images in its preprocessing: (N, 8, D) from a
-    shared trunk, (N, 8, 2, D) when each side has its own (the original's checkpoints)."""
-    per_trunk = [
-        FeatureCache(root, trunk, device, preprocessing=net.preprocessing).features(images, f"trunk features ({i})")
-        for i, trunk in enumerate(net.trunks)
+    shared trunk, (N, 8, 2, D) when each side has its own (the original's checkpoints; one engine
+    export each, as their weights differ). Also the engine that ran (``engine.label``)."""
+    caches = [
+        FeatureCache(root, trunk, device, preprocessing=net.preprocessing, engine_name=engine_name)
+        for trunk in net.trunks
     ]
-    return per_trunk[0] if len(per_trunk) == 1 else torch.stack(per_trunk, dim=2)
+    per_trunk = [cache.features(images, f"trunk features ({i})") for i, cache in enumerate(caches)]
+    ran = caches[0].engine
+    return (per_trunk[0] if len(per_trunk) == 1 else torch.stack(per_trunk, dim=2)), ran
 
 
 class FeatureCache:
@@ -122,7 +133,9 @@ class FeatureCache:
 
     Nothing on disk is trusted: each entry has a SHA-256 sidecar written after it, and an entry
     whose bytes, checksum, shape, dtype or values are wrong (overwritten, truncated, NaN, an
-    interrupted write) is computed again, with one warning line per call.
+    interrupted write) is computed again, with one warning line per call. ``engine_name`` (see
+    ``engine.choose``) picks what runs the trunk; the key names the engine that did, so entries of
+    torch and onnx never mix (torch keeps the historical key).
     """
 
     def __init__(
@@ -132,6 +145,7 @@ class FeatureCache:
         device: torch.device | str = "cpu",
         batch_size: int | None = None,
         preprocessing: str = "ours",
+        engine_name: str = "torch",
     ):
         if preprocessing not in PREPROCESSINGS:
             raise ConfigError(f"unknown preprocessing {preprocessing!r}; known: {sorted(PREPROCESSINGS)}")
@@ -141,7 +155,12 @@ class FeatureCache:
         self.preprocessing = preprocessing
         # Ours keeps its historical key, so existing caches stay valid.
         what = PREPROCESSING if preprocessing == "ours" else f"{PREPROCESSING}|{original.PREPROCESSING}"
-        key = hashlib.sha256(f"{trunk_fingerprint(trunk)}|{what}".encode()).hexdigest()
+        fingerprint = trunk_fingerprint(trunk)
+        self.runner = engine.load(trunk, fingerprint, self.device, engine_name, preprocessing=preprocessing)
+        self.engine = engine.label(self.runner)
+        if self.engine != "torch":
+            what = f"{what}|engine={self.engine}"
+        key = hashlib.sha256(f"{fingerprint}|{what}".encode()).hexdigest()
         self.folder = Path(root) / key[:24]
         self.built = 0  # images computed (rather than read) by the last call, for tests and logs
         self.rebuilt = 0  # of those, entries that were on disk but damaged
@@ -161,7 +180,9 @@ class FeatureCache:
             was_training = self.trunk.training
             self.trunk.eval()
             try:
-                self._dim = int(trunk_features(self.trunk, sample[:1], 0, self.device).shape[-1])
+                self._dim = int(
+                    trunk_features(self.trunk, sample[:1], 0, self.device, runner=self.runner).shape[-1]
+                )
             finally:
                 self.trunk.train(was_training)
         return self._dim
@@ -229,7 +250,9 @@ class FeatureCache:
                 per_variant = []
                 for variant in range(transforms.N_VARIANTS):
                     per_variant.append(
-                        trunk_features(trunk, batch, variant, self.device, preprocessing=self.preprocessing)
+                        trunk_features(
+                            trunk, batch, variant, self.device, preprocessing=self.preprocessing, runner=self.runner
+                        )
                     )
                     bar.update(len(chunk))
                 stacked = torch.stack(per_variant, dim=1).numpy()

@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from samespace import console, features, photos
+from samespace import console, engine, features, photos
 from samespace.errors import ConfigError
 
 AUTOCAST_TOLERANCE = 1e-3  # largest change of a pair's probability that bfloat16 may cause
@@ -58,15 +58,36 @@ class Embedder:
 
     A network with a trunk per side (the original's) gives (N, 2, D) trunk features, each side's
     tower reading its own trunk's; a shared trunk gives (N, D), read by both towers.
+
+    ``engine_name`` (``engine.choose``: auto is onnx on the CPU) runs each trunk through its own
+    cached ONNX export, with the threads ``thread_split`` leaves the trunk; ``engine`` says which ran.
     """
 
     def __init__(
-        self, net: torch.nn.Module, device: torch.device, batch_size: int | None = None, autocast: bool = False
+        self,
+        net: torch.nn.Module,
+        device: torch.device,
+        batch_size: int | None = None,
+        autocast: bool = False,
+        engine_name: str = "torch",
     ):
         self.net = net.to(device).eval()
         self.trunks = tuple(features.inference_trunk(trunk, device) for trunk in net.trunks)
         self.trunk = self.trunks[0]
         self.device = torch.device(device)
+        threads = thread_split(self.device)[1]
+        self.runners = tuple(
+            engine.load(
+                trunk,
+                features.trunk_fingerprint(trunk),
+                self.device,
+                engine_name,
+                preprocessing=net.preprocessing,
+                threads=threads,
+            )
+            for trunk in net.trunks
+        )
+        self.engine = engine.label(self.runners[0])
         self.batch_size = batch_size or features.default_batch_size(self.device)
         self.autocast = autocast and self.device.type == "cuda"
         self.autocast_checked = False
@@ -90,9 +111,9 @@ class Embedder:
     def _features(self, batch: torch.Tensor, autocast: bool) -> torch.Tensor:
         sides = [
             features.trunk_features(
-                trunk, batch, 0, self.device, autocast=autocast, preprocessing=self.net.preprocessing
+                trunk, batch, 0, self.device, autocast=autocast, preprocessing=self.net.preprocessing, runner=runner
             )
-            for trunk in self.trunks
+            for trunk, runner in zip(self.trunks, self.runners)
         ]
         return sides[0] if len(sides) == 1 else torch.stack(sides, dim=1)
 

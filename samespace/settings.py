@@ -20,6 +20,8 @@ from typing import Any, Callable
 
 from samespace.errors import ConfigError
 
+ENGINES = ("auto", "torch", "onnx")  # what runs the frozen trunk: samespace/engine.py
+
 logger = logging.getLogger("samespace.settings")
 
 DATA_DIR_ENV = "SAMESPACE_DATA_DIR"
@@ -228,6 +230,8 @@ class DataSettings:
     feature_cache: bool = setting(True, allowed="true or false")
     cache_dir: str | None = setting(None, allowed="a folder path")
     workers: int = setting(2, allowed="an integer >= 0", test=lambda n: n >= 0)
+    # What builds the feature cache (samespace/engine.py); torch keeps existing caches' keys.
+    engine: str = setting("torch", allowed=f"one of {', '.join(ENGINES)}", test=lambda s: s in ENGINES)
 
     @classmethod
     def from_config(cls, section: Any) -> "DataSettings":

@@ -72,6 +72,15 @@ def test_trunk_rates_time_the_same_work_three_ways(monkeypatch):
     assert all(rate > 0 for rate in rates.values())
 
 
+def test_trunk_rates_time_an_engine_in_the_same_turns(monkeypatch):
+    monkeypatch.setattr(bench.features, "default_batch_size", lambda device: 2)
+    calls = []
+    with bench.scoring.torch_threads(1):
+        rates = bench.trunk_rates(torch.device("cpu"), batches=2, runner=lambda x: calls.append(x.shape))
+    assert rates["trunk alone, onnxruntime"] > 0
+    assert calls == [(2, 3, 256, 256)] * 3  # a warm-up turn and two timed ones, same batch as torch
+
+
 def test_gpu_section_lists_its_targets_as_not_measured_without_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(bench, "TARGETS", [])

@@ -18,7 +18,7 @@ from PIL import Image
 
 import model_inference
 from conftest import checksums, run_script, strict_json
-from samespace import candidates, dedup
+from samespace import candidates, dedup, engine
 
 
 def random_photos(folder: Path, names, seed: int = 1) -> None:
@@ -60,6 +60,7 @@ def test_cli_on_a_training_checkpoint(trained, airbnb, photo_folder, tmp_path):
     report = strict_json((tmp_path / "eval" / "evaluation.json").read_text())
     assert {"balanced", "all_distinct_pairs"} <= set(report)
     assert "auc" not in report["balanced"] and "roc_auc" in report["balanced"]  # one name per figure
+    assert report["engine"] == ("torch" if torch.cuda.is_available() else "onnx")  # --engine auto
     assert len(report["warnings"]) == 1 and "scores are meaningless" in report["warnings"][0]
     assert (tmp_path / "eval" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "PR-AUC" in out.stdout and "ROC-AUC" in out.stdout
@@ -101,6 +102,13 @@ def test_help_texts_agree_with_the_code():
     assert model_inference.ALL_PAIRS_LIMIT == dedup.ALL_PAIRS_LIMIT
     assert model_inference.INDEX_METHODS == candidates.METHODS
     assert model_inference.EXACT_LIMIT == candidates.EXACT_LIMIT
+    assert model_inference.ENGINES == engine.ENGINES
+
+
+def test_engine_is_auto_unless_chosen_before_or_after_the_subcommand():
+    assert model_inference.parse_args(["dedup", "ck", "folder"]).engine == "auto"
+    assert model_inference.parse_args(["--engine", "torch", "compare", "ck", "a", "b"]).engine == "torch"
+    assert model_inference.parse_args(["evaluate", "ck", "--engine", "onnx"]).engine == "onnx"
 
 
 def test_every_argument_has_help_and_device_goes_anywhere():

@@ -136,8 +136,8 @@ def test_bf16_stays_on_only_if_the_first_batch_scores_alike(small_net, monkeypat
     the trunk features (CPU bfloat16 convolutions are too slow for a test without native support)."""
     exact_features = scoring.features.trunk_features
 
-    def trunk_features(trunk, images, variant=0, device="cpu", *, autocast=False, preprocessing="ours"):
-        found = exact_features(trunk, images, variant, device, preprocessing=preprocessing)
+    def trunk_features(trunk, images, variant=0, device="cpu", *, autocast=False, preprocessing="ours", runner=None):
+        found = exact_features(trunk, images, variant, device, preprocessing=preprocessing, runner=runner)
         if not autocast:
             return found
         return found * (1 + rounding * torch.randn(found.shape, generator=torch.Generator().manual_seed(0)))
