@@ -88,9 +88,11 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
     import data
     from samespace import evaluation, features, reports, scoring
+    from samespace.baselines import table
     from samespace.checkpoints import open_checkpoint
     from samespace.settings import DataSettings
 
+    baselines = table.parse_names(args.baselines) if args.baselines else []
     device = scoring.resolve_device(args.device)
     data_dir = resolve_data_dir(explicit=args.data_dir)
     root = data.dataset_root(data_dir)
@@ -119,6 +121,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
         **outcome["report"],
         "skipped_files": [f"{s.path.name}: {s.reason}" for s in split.skipped],
     }
+    if baselines:
+        report["methods"] = table.methods_block([p.path for p in split.photos], split.rooms, baselines)
     reports.prepare_output(output, force=True)
     reports.write_json(output / "evaluation.json", report)
     reports.write_curves_png(
@@ -145,6 +149,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
     }
     if reasons:
         logger.warning("n/a figures are null in evaluation.json: %s", "; ".join(sorted(reasons)))
+    if baselines:
+        print("\n".join(table.table_lines(natural, report["methods"])))
     print(f"report: {output / 'evaluation.json'}  curves: {output / 'curves.png'}")
 
 
@@ -285,6 +291,12 @@ def build_parser() -> Parser:
     )
     ev.add_argument("--output", help="report folder (default: samespace-outputs/evaluate-<checkpoint>)")
     ev.add_argument("--force", action="store_true", help="overwrite reports in a non-empty output folder")
+    ev.add_argument(
+        "--baselines",
+        nargs="?",
+        const="all",
+        help=f"also score these on the same pairs: all (without a value) or a comma list of {','.join(HASH_METHODS)}",
+    )
 
     cmp = commands.add_parser(
         "compare", parents=[device_option], help="probability that two photos show the same space"
