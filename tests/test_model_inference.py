@@ -311,3 +311,24 @@ def test_dedup_by_phash_writes_the_same_outputs(tmp_path):
     assert summary["checkpoint"].startswith("phash (imagededup 0.3.3")
     assert (output / "pairs.csv").read_text().count("\n") == 1 + 3 and (output / "report.html").exists()
     assert checksums(folder) == before
+
+
+def test_evaluate_with_hash_baselines_scores_the_same_pairs(trained, airbnb, tmp_path, capsys):
+    """--baselines phash,ahash: their rows in evaluation.json score every distinct Test Data pair,
+    as SameSpace's all_distinct_pairs, and the printed table lists SameSpace first."""
+    arguments = ["evaluate", str(trained["checkpoint"]), "--data-dir", str(airbnb["dir"]), "--output"]
+    assert model_inference.main([*arguments, str(tmp_path / "bad"), "--baselines", "phash,vgg99"]) == 2
+    assert one_line_error(capsys) == "error: unknown baseline vgg99: choose from phash, dhash, whash, ahash or all"
+    assert not (tmp_path / "bad").exists()
+    assert model_inference.main([*arguments, str(tmp_path / "out"), "--baselines", "phash,ahash"]) == 0
+    report = strict_json((tmp_path / "out" / "evaluation.json").read_text())
+    assert list(report["methods"]) == ["phash", "ahash"]
+    for row in report["methods"].values():
+        assert row["pairs"] == report["all_distinct_pairs"]["pairs"]
+        assert row["positives"] == report["all_distinct_pairs"]["positives"]
+        assert 0.0 <= row["roc_auc"] <= 1.0 and 0.0 <= row["pr_auc"] <= 1.0
+    printed = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(printed) if line.startswith("method"))
+    assert [line.split()[0] for line in printed[start + 1 : start + 4]] == ["samespace", "phash", "ahash"]
+    phash = printed[start + 2].split()
+    assert phash[1:3] == [f"{report['methods']['phash']['roc_auc']:.4f}", f"{report['methods']['phash']['pr_auc']:.4f}"]
