@@ -103,3 +103,13 @@ def test_unreadable_files_are_skipped_with_a_reason(tmp_path):
     assert [s.path.name for s in skipped] == ["cut.png", "notes.png"]
     assert all(isinstance(s, Skipped) and s.reason and "\n" not in s.reason for s in skipped)
     assert skipped[1].reason == "not an image in a format PIL reads"
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path):
+    """A FIFO where a photo was listed (swapped in after the listing): one reason, no hang."""
+    import os
+
+    os.mkfifo(tmp_path / "pipe.png")
+    assert hashes.file_hash(tmp_path / "pipe.png", "ahash") == Skipped(
+        tmp_path / "pipe.png", "not a regular file but a FIFO"
+    )

@@ -187,3 +187,55 @@ def test_hash_dedup_finds_copies_and_not_other_photos(method, tmp_path):
     assert dict(found["original.png"])["copy.png"] == 1.0 and found["distinct.png"] == []
     assert result.threshold == 1 - 10 / 64 and result.reasons.tolist() == [MODEL] * len(result.scores)
     assert result.groups() == [[result.names.index(n) for n in ("copy.png", "original.png", "resized.png")]]
+
+
+def swap_for_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)  # opening it for reading, blocking, would wait for a writer forever
+
+
+@pytest.mark.parametrize("stage", ["decode", "identical bytes", "thumbnail"])
+def test_a_photo_swapped_for_a_fifo_at_any_stage_is_refused_and_nothing_hangs(
+    small_net, photo_folder, tmp_path, monkeypatch, stage
+):
+    import threading
+
+    from samespace import dedup, scoring
+
+    victim = photo_folder / "grey.png"  # byte-identical to sub/nested.png, so every stage opens it
+    after = {"decode": (dedup, "list_files"), "identical bytes": (scoring, "features_of_files")}
+    after["thumbnail"] = (dedup, "identical_files")
+    module, name = after[stage]
+    real = getattr(module, name)
+
+    def then_swap(*args, **kwargs):
+        answer = real(*args, **kwargs)
+        swap_for_fifo(victim)
+        if stage == "identical bytes":  # two FIFOs share size 0, so the check would open them
+            swap_for_fifo(photo_folder / "sub" / "nested.png")
+        return answer
+
+    monkeypatch.setattr(module, name, then_swap)
+    done: dict = {}
+
+    def work() -> None:
+        result = find_duplicates(small_net, photo_folder, torch.device("cpu"), threshold=0.99, recursive=True)
+        write_outputs(result, photo_folder, tmp_path / "out", with_scores=True)
+        done["result"] = result
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), f"dedup hung on a FIFO swapped in before the {stage} stage"
+    result = done["result"]
+    reasons = {s.path.name: s.reason for s in result.unreadable}
+    pairs = zip(result.first, result.second, result.reasons)
+    identical = {(result.names[a], result.names[b]) for a, b, r in pairs if r == IDENTICAL}
+    page = (tmp_path / "out" / "report.html").read_text()
+    if stage == "decode":
+        assert reasons["grey.png"] == "not a regular file but a FIFO" and "grey.png" not in result.names
+    elif stage == "identical bytes":  # decoded already; they simply join no identical group
+        assert {"grey.png", "sub/nested.png"} <= set(result.names) and not identical
+    else:  # grouped as identical, then gone: the report says so instead of a preview
+        assert identical == {("grey.png", "sub/nested.png")}
+        assert "no preview: not a regular file but a FIFO" in page

@@ -65,11 +65,10 @@ def image_hash(image: Image.Image, method: str) -> str:
 
 def file_hash(path: Path, method: str, budget: photos.MemoryBudget | None = None) -> str | Skipped:
     """The hash of a photo file, or ``Skipped`` (with the reason) when it cannot be decoded."""
-    problem = photos.not_a_regular_file(path)
-    if problem:
-        return Skipped(path, problem)
-    try:
-        with Image.open(path) as image:
+    try:  # open_regular: a FIFO or device swapped in after the listing is refused, never waited on
+        with photos.open_regular(path) as handle, Image.open(handle) as image:
+            if image.format == "PNG" and photos.png_too_short(handle):
+                return Skipped(path, f"truncated: too little image data for {image.width}x{image.height}")
             with budget.reserve(photos.decode_bytes(image)) if budget else contextlib.nullcontext():
                 image.load()  # decodes fully, so a truncated file fails here
                 return image_hash(image, method)
