@@ -31,7 +31,7 @@ logger = logging.getLogger("samespace.inference")
 # For the help texts without importing torch; tests/test_model_inference.py keeps them equal to
 # samespace.dedup.ALL_PAIRS_LIMIT, samespace.candidates.METHODS and samespace.candidates.EXACT_LIMIT.
 ALL_PAIRS_LIMIT = 500
-INDEX_METHODS = ("auto", "exact", "faiss")
+INDEX_METHODS = ("auto", "exact", "faiss", "ivfpq")
 EXACT_LIMIT = 50_000
 PREPROCESSING_CHOICES = ("auto", "ours", "original")  # samespace.checkpoints.PREPROCESSING_CHOICES
 HASH_METHODS = ("phash", "dhash", "whash", "ahash")  # samespace.baselines.hashes.METHODS
@@ -339,7 +339,7 @@ def build_parser() -> Parser:
         "--index",
         choices=INDEX_METHODS,
         default="auto",
-        help=f"neighbour search: exact up to {EXACT_LIMIT:,} photos, faiss HNSW above (auto)",
+        help=f"neighbour search: exact up to {EXACT_LIMIT:,} photos, faiss HNSW above (auto); ivfpq: compressed faiss index, about 200 B a photo",
     )
     dd.add_argument("--force", action="store_true", help="overwrite reports in a non-empty output folder")
     return parser

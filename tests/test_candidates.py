@@ -53,3 +53,47 @@ def test_small_inputs_and_bad_methods(vectors):
 def test_search_vectors_are_unit_length():
     out = candidates.search_vectors(torch.randn(5, 8) * 10, torch.randn(5, 8))
     assert torch.allclose(out.norm(dim=1), torch.ones(5), rtol=0, atol=16 * 2**-24)  # float32, 8-term sums
+
+
+def planted_duplicates(n: int = 10_000, dim: int = 128, share: float = 0.05, seed: int = 0):
+    """Look-alike unit vectors (200 themes) with near-copies of some rows: (vectors, planted pairs)."""
+    rng = np.random.default_rng(seed)
+    themes = rng.standard_normal((200, dim)).astype(np.float32)
+    x = themes[rng.integers(0, 200, n)] + rng.standard_normal((n, dim)).astype(np.float32)
+    copies = int(n * share)
+    sources = rng.choice(n - copies, copies, replace=False)
+    x[n - copies :] = x[sources] + 0.25 * rng.standard_normal((copies, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return torch.from_numpy(x), set(zip(sources.tolist(), range(n - copies, n)))
+
+
+def found_share(planted: set, table: np.ndarray) -> tuple[float, int]:
+    """Share of the planted pairs that a neighbour table's candidate pairs contain."""
+    pairs = set(zip(*(side.tolist() for side in candidates.candidate_pairs(table))))
+    return len(planted & pairs) / len(planted), len(planted)
+
+
+def test_ivfpq_recalls_planted_duplicates_like_exact_search_in_few_bytes():
+    vectors, planted = planted_duplicates()
+    exact_share, _ = found_share(planted, candidates.knn_exact(vectors, 10))
+    table = candidates.nearest_neighbours(vectors, 10, method="ivfpq")
+    approximate_share, _ = found_share(planted, table)
+    assert exact_share > 0.99  # the planted copies are real nearest neighbours
+    assert approximate_share >= 0.99 * exact_share
+    assert not np.any(table == np.arange(len(vectors))[:, None])
+    assert np.array_equal(table, candidates.nearest_neighbours(vectors, 10, method="ivfpq"))  # seeded
+
+
+def test_ivfpq_index_costs_at_most_300_bytes_a_photo():
+    vectors, _ = planted_duplicates()
+    array = vectors.numpy()
+    index = candidates.compressed_index(array.shape[1], len(array), array)
+    candidates.add_blocks(index, [array[:4000], array[4000:]])
+    assert index.ntotal == len(array)
+    assert candidates.index_bytes(index) / index.ntotal <= 300
+
+
+def test_ivfpq_below_its_training_minimum_searches_exactly(vectors):
+    assert np.array_equal(
+        candidates.nearest_neighbours(vectors, 5, method="ivfpq"), candidates.knn_exact(vectors, 5)
+    )
