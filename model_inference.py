@@ -3,6 +3,7 @@
     python model_inference.py evaluate CHECKPOINT [--data-dir DIR] [--output DIR]
     python model_inference.py compare CHECKPOINT A.jpg B.jpg
     python model_inference.py dedup CHECKPOINT FOLDER [--threshold 0.5] [--recursive] [--output DIR] [--scores]
+    python model_inference.py dedup --method phash FOLDER [--threshold 10]   # imagededup's hash, no checkpoint
 
 CHECKPOINT is a checkpoint folder (from ``model_download.py``, a local run, or the original's
 published checkpoint) or a bare checkpoint UUID (looked up locally). Everything runs in
@@ -33,6 +34,8 @@ ALL_PAIRS_LIMIT = 500
 INDEX_METHODS = ("auto", "exact", "faiss", "ivfpq")
 EXACT_LIMIT = 50_000
 PREPROCESSING_CHOICES = ("auto", "ours", "original")  # samespace.checkpoints.PREPROCESSING_CHOICES
+HASH_METHODS = ("phash", "dhash", "whash", "ahash")  # samespace.baselines.hashes.METHODS
+HASH_DISTANCE = 10  # samespace.baselines.hashes.DEFAULT_DISTANCE: imagededup's default, in bits
 
 
 def output_folder(
@@ -85,9 +88,11 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
     import data
     from samespace import evaluation, features, reports, scoring
+    from samespace.baselines import table
     from samespace.checkpoints import open_checkpoint
     from samespace.settings import DataSettings
 
+    baselines = table.parse_names(args.baselines) if args.baselines else []
     device = scoring.resolve_device(args.device)
     data_dir = resolve_data_dir(explicit=args.data_dir)
     root = data.dataset_root(data_dir)
@@ -119,6 +124,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
         **outcome["report"],
         "skipped_files": [f"{s.path.name}: {s.reason}" for s in split.skipped],
     }
+    if baselines:
+        report["methods"] = table.methods_block([p.path for p in split.photos], split.rooms, baselines)
     reports.prepare_output(output, force=True)
     reports.write_json(output / "evaluation.json", report)
     reports.write_curves_png(
@@ -145,6 +152,8 @@ def run_evaluate(args: argparse.Namespace) -> None:
     }
     if reasons:
         logger.warning("n/a figures are null in evaluation.json: %s", "; ".join(sorted(reasons)))
+    if baselines:
+        print("\n".join(table.table_lines(natural, report["methods"])))
     print(f"report: {output / 'evaluation.json'}  curves: {output / 'curves.png'}")
 
 
@@ -171,12 +180,36 @@ def run_compare(args: argparse.Namespace) -> None:
     )
 
 
+def run_hash_dedup(args: argparse.Namespace) -> None:
+    """dedup --method phash|dhash|whash|ahash: imagededup's hash, Hamming distance <= --threshold bits."""
+    from samespace import dedup
+
+    if args.checkpoint is not None:
+        logger.info("--method %s reads no checkpoint: %s is not used", args.method, printable(args.checkpoint))
+    default = Path("samespace-outputs") / f"dedup-{args.folder.resolve().name}-{args.method}"
+    output = output_folder(args, default, scanned=args.folder)
+    bits = int(args.threshold)
+    result = dedup.find_hash_duplicates(
+        args.folder, args.method, max_distance=bits, recursive=args.recursive, exclude=output
+    )
+    label = f"{args.method} (imagededup 0.3.3; score 1 - Hamming/64, duplicate at <= {bits} bits)"
+    dedup.write_outputs(result, args.folder, output, args.scores, checkpoint=label)
+    print(
+        f"{plural(len(result.names), 'photo')}, {plural(len(result.groups()), 'duplicate group')}, "
+        f"{plural(len(result.duplicate_pairs[0]), 'duplicate pair')} within {bits} bits by {args.method} "
+        f"({plural(len(result.unreadable), 'file')} skipped)"
+    )
+    print(f"report: {printable(str(output / 'report.html'))}  map: {printable(str(output / 'duplicates.json'))}")
+
+
 def run_dedup(args: argparse.Namespace) -> None:
     from samespace import dedup, scoring
     from samespace.checkpoints import open_checkpoint
 
     if not args.folder.is_dir():
         raise DataError(f"not a folder: {printable(str(args.folder))}")
+    if args.method != "samespace":
+        return run_hash_dedup(args)
     device = scoring.resolve_device(args.device)
     default = Path("samespace-outputs") / f"dedup-{args.folder.resolve().name}"
     output = output_folder(args, default, inputs=[Path(args.checkpoint)], scanned=args.folder)
@@ -207,14 +240,27 @@ def run_dedup(args: argparse.Namespace) -> None:
     print(f"report: {printable(str(output / 'report.html'))}  map: {printable(str(output / 'duplicates.json'))}")
 
 
-def probability(text: str) -> float:
+def number(text: str) -> float:
+    """A number; whether it must be a probability or bits depends on --method (check_dedup_threshold)."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1, not {text!r}") from None
-    if not 0.0 <= value <= 1.0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
-    return value
+        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+
+
+def check_dedup_threshold(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--threshold is P(same space) for samespace (default 0.5) and whole bits for a hash (default 10)."""
+    if args.method == "samespace":
+        if args.checkpoint is None:
+            parser.error("the following arguments are required: checkpoint (or pass --method phash|dhash|whash|ahash)")
+        args.threshold = 0.5 if args.threshold is None else args.threshold
+        if not 0.0 <= args.threshold <= 1.0:
+            parser.error(f"argument --threshold: must be between 0 and 1, not {args.threshold:g}")
+        return
+    bits = HASH_DISTANCE if args.threshold is None else args.threshold
+    if not (math.isfinite(bits) and bits == int(bits) and 0 <= bits <= 64):
+        parser.error(f"argument --threshold: for --method {args.method}, whole bits from 0 to 64, not {bits:g}")
+    args.threshold = int(bits)
 
 
 class Parser(argparse.ArgumentParser):
@@ -252,6 +298,12 @@ def build_parser() -> Parser:
     )
     ev.add_argument("--output", help="report folder (default: samespace-outputs/evaluate-<checkpoint>)")
     ev.add_argument("--force", action="store_true", help="overwrite reports in a non-empty output folder")
+    ev.add_argument(
+        "--baselines",
+        nargs="?",
+        const="all",
+        help=f"also score these on the same pairs: all (without a value) or a comma list of {','.join(HASH_METHODS)}",
+    )
 
     cmp = commands.add_parser(
         "compare", parents=[device_option], help="probability that two photos show the same space"
@@ -263,10 +315,20 @@ def build_parser() -> Parser:
 
     dd = commands.add_parser("dedup", parents=[device_option], help="groups of duplicate photos in a folder")
     dd.set_defaults(func=run_dedup)
-    dd.add_argument("checkpoint", help=checkpoint_help)
+    dd.add_argument("checkpoint", nargs="?", help=f"{checkpoint_help} (not with a hash --method)")
     dd.add_argument("folder", type=Path, help="folder of photos (only read, never changed)")
     dd.add_argument(
-        "--threshold", type=probability, default=0.5, help="duplicate when P(same space) >= this (default 0.5)"
+        "--method",
+        choices=("samespace", *HASH_METHODS),
+        default="samespace",
+        help="the checkpoint (default), or imagededup 0.3.3's perceptual hash (no checkpoint)",
+    )
+    dd.add_argument(
+        "--threshold",
+        type=number,
+        default=None,
+        help=f"samespace: duplicate when P(same space) >= this (default 0.5); "
+        f"a hash: when at most this many of 64 bits differ (default {HASH_DISTANCE})",
     )
     dd.add_argument("--recursive", action="store_true", help="include subfolders")
     dd.add_argument("--output", help="report folder (default: samespace-outputs/dedup-<folder>)")
@@ -291,7 +353,12 @@ def build_parser() -> Parser:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "dedup":  # the dedup subparser, so that errors point at its --help
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        check_dedup_threshold(commands.choices["dedup"], args)
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

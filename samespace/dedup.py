@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from samespace import candidates, photos, reports, scoring
+from samespace.baselines import hashes
 from samespace.errors import DataError, plural, printable
 from samespace.network import SiameseNet
 from samespace.photos import Skipped
@@ -210,6 +211,46 @@ def log_skipped(skipped: list[Skipped], folder: Path, shown: int = 10) -> None:
         logger.warning("skipped %d more files (all listed in the report)", len(skipped) - shown)
 
 
+def require_photos_here(kept: list[int], listing: Listing, folder: Path) -> None:
+    """No photo read, but the subfolders a non-recursive listing left out hold files: say so."""
+    if not kept and listing.subfolders:
+        nested = count_files(listing.subfolders)
+        if nested:
+            raise DataError(
+                f"no photos directly in {printable(str(folder))}, but its subfolders hold {plural(nested, 'file')}: "
+                "pass --recursive to include them"
+            )
+
+
+def find_hash_duplicates(
+    folder: Path,
+    method: str,
+    *,
+    max_distance: int = hashes.DEFAULT_DISTANCE,
+    recursive: bool = False,
+    exclude: Path | None = None,
+) -> Dedup:
+    """Duplicate photos by imagededup's ``method`` hash instead of the network: every pair within
+    ``max_distance`` bits (brute force, as imagededup), and byte-identical files always. A pair's
+    score is ``1 - distance / 64`` (1.0 = equal hashes), so the threshold is ``1 - max_distance / 64``;
+    only the pairs within it are kept (all pairs of a large folder would not fit in memory)."""
+    if not folder.is_dir():
+        raise DataError(f"not a folder: {folder}")
+    listing = list_files(folder, recursive, exclude)
+    found, kept, unreadable = hashes.file_hashes(listing.files, method)
+    skipped = sorted(listing.skipped + unreadable, key=lambda s: s.path)
+    log_skipped(skipped, folder)
+    require_photos_here(kept, listing, folder)
+    paths = [listing.files[i] for i in kept]
+    names = [path.relative_to(folder).as_posix() for path in paths]
+    a, b, distances = hashes.close_pairs(hashes.as_integers(found), max_distance)
+    threshold = float(hashes.similarity(max_distance))
+    result = Dedup(names, a, b, hashes.similarity(distances), threshold, f"{method} <= {max_distance} bits", 0)
+    result.mark_identical(identical_files(paths))
+    result.unreadable = skipped
+    return result
+
+
 def find_duplicates(
     net: SiameseNet,
     folder: Path,
@@ -234,13 +275,7 @@ def find_duplicates(
     trunk_features, kept, unreadable = scoring.features_of_files(embedder, listing.files)
     skipped = sorted(listing.skipped + unreadable, key=lambda s: s.path)
     log_skipped(skipped, folder)
-    if not kept and listing.subfolders:
-        nested = count_files(listing.subfolders)
-        if nested:
-            raise DataError(
-                f"no photos directly in {printable(str(folder))}, but its subfolders hold {plural(nested, 'file')}: "
-                "pass --recursive to include them"
-            )
+    require_photos_here(kept, listing, folder)
     paths = [listing.files[i] for i in kept]
     names = [path.relative_to(folder).as_posix() for path in paths]
     first, second = embedder.embed(trunk_features)

@@ -12,7 +12,16 @@ import torch
 from PIL import Image
 
 from conftest import checksums, float32_atol, summed_terms
-from samespace.dedup import IDENTICAL, MODEL, Dedup, find_duplicates, list_files, score_embeddings, write_outputs
+from samespace.dedup import (
+    IDENTICAL,
+    MODEL,
+    Dedup,
+    find_duplicates,
+    find_hash_duplicates,
+    list_files,
+    score_embeddings,
+    write_outputs,
+)
 from samespace.errors import DataError
 from samespace.network import SiameseNet
 
@@ -157,6 +166,27 @@ def test_identical_pairs_the_candidate_search_missed_are_added():
     result.mark_identical([[2, 0]])
     assert list(zip(*vars_of(result))) == [(0, 1, pytest.approx(0.3), MODEL), (0, 2, 1.0, IDENTICAL)]
     assert result.groups() == [[0, 2]]
+
+
+@pytest.mark.parametrize("method", ["phash", "dhash", "whash", "ahash"])
+def test_hash_dedup_finds_copies_and_not_other_photos(method, tmp_path):
+    """imagededup's hashes at their default 10 bits: an exact copy (distance 0, score 1.0) and a
+    slightly resized copy are duplicates of the original; a distinct photo is not."""
+    rng = np.random.default_rng(7)
+    for name in ("original", "distinct"):
+        coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)  # smooth, as photos are to a hash
+        Image.fromarray(coarse).resize((160, 120), Image.BICUBIC).save(tmp_path / f"{name}.png")
+    original = Image.open(tmp_path / "original.png")
+    original.convert("RGBA").save(tmp_path / "copy.png")  # same pixels, other bytes
+    original.resize((170, 128), Image.BILINEAR).save(tmp_path / "resized.png")
+    (tmp_path / "notes.png").write_text("not a photo")
+    result = find_hash_duplicates(tmp_path, method)
+    assert [s.path.name for s in result.unreadable] == ["notes.png"]
+    found = result.duplicates(with_scores=True)
+    assert sorted(n for n, _ in found["original.png"]) == ["copy.png", "resized.png"]
+    assert dict(found["original.png"])["copy.png"] == 1.0 and found["distinct.png"] == []
+    assert result.threshold == 1 - 10 / 64 and result.reasons.tolist() == [MODEL] * len(result.scores)
+    assert result.groups() == [[result.names.index(n) for n in ("copy.png", "original.png", "resized.png")]]
 
 
 def swap_for_fifo(path: Path) -> None:

@@ -19,6 +19,7 @@ from PIL import Image
 import model_inference
 from conftest import checksums, run_script, strict_json
 from samespace import candidates, dedup, engine
+from samespace.baselines import hashes
 
 
 def random_photos(folder: Path, names, seed: int = 1) -> None:
@@ -103,6 +104,8 @@ def test_help_texts_agree_with_the_code():
     assert model_inference.INDEX_METHODS == candidates.METHODS
     assert model_inference.EXACT_LIMIT == candidates.EXACT_LIMIT
     assert model_inference.ENGINES == engine.ENGINES
+    assert model_inference.HASH_METHODS == hashes.METHODS
+    assert model_inference.HASH_DISTANCE == hashes.DEFAULT_DISTANCE
 
 
 def test_engine_is_auto_unless_chosen_before_or_after_the_subcommand():
@@ -133,6 +136,19 @@ def test_every_argument_has_help_and_device_goes_anywhere():
         (["--neighbours", "two"], "argument --neighbours: must be a whole number, not 'two'"),
         (["--threshold", "1.5"], "argument --threshold: must be between 0 and 1, not 1.5"),
         (["--threshold", "nan"], "argument --threshold: must be between 0 and 1, not nan"),
+        (["--threshold", "two"], "argument --threshold: must be a number, not 'two'"),
+        (
+            ["--method", "phash", "--threshold", "10.5"],
+            "argument --threshold: for --method phash, whole bits from 0 to 64, not 10.5",
+        ),
+        (
+            ["--method", "ahash", "--threshold", "65"],
+            "argument --threshold: for --method ahash, whole bits from 0 to 64, not 65",
+        ),
+        (
+            ["--method", "md5"],
+            "argument --method: invalid choice: 'md5' (choose from 'samespace', 'phash', 'dhash', 'whash', 'ahash')",
+        ),
     ],
 )
 def test_bad_arguments_are_one_line(arguments, message, capsys):
@@ -265,3 +281,62 @@ def test_dedup_with_a_non_utf8_name_and_identical_bytes(trained, tmp_path):
     assert "1 file skipped" in out.stdout
     found = json.loads((output / "duplicates.json").read_text())
     assert len(found) == 3 and sum(bool(v) for v in found.values()) == 2  # a.jpg and the café copy, each other's
+
+
+def test_hash_dedup_needs_no_checkpoint_and_the_default_method_does(capsys):
+    args = model_inference.parse_args(["dedup", "--method", "whash", "folder"])
+    assert (args.checkpoint, str(args.folder), args.threshold) == (None, "folder", 10)
+    assert model_inference.parse_args(["dedup", "c", "f"]).threshold == 0.5
+    with pytest.raises(SystemExit):
+        model_inference.parse_args(["dedup", "folder"])
+    assert one_line_error(capsys).startswith("error: the following arguments are required: checkpoint")
+
+
+def test_dedup_by_phash_writes_the_same_outputs(tmp_path):
+    """--method phash: a copy and a slightly resized copy are found at imagededup's default 10
+    bits, the other photos are not; the same four outputs as samespace dedup."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(3):  # smooth photos: hashes see low frequencies only
+        coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+        Image.fromarray(coarse).resize((160, 120), Image.BICUBIC).save(folder / f"p{i}.png")
+    shutil.copyfile(folder / "p0.png", folder / "p0-copy.png")
+    Image.open(folder / "p0.png").resize((150, 112), Image.BILINEAR).save(folder / "p0-smaller.png")
+    before = checksums(folder)
+    output = tmp_path / "out"
+    out = run_script(
+        model_inference, "dedup", "--method", "phash", folder, "--output", output, "--scores", cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "5 photos, 1 duplicate group, 3 duplicate pairs within 10 bits by phash" in out.stdout
+    found = json.loads((output / "duplicates.json").read_text())
+    assert sorted(name for name, _ in found["p0.png"]) == ["p0-copy.png", "p0-smaller.png"]
+    assert found["p1.png"] == [] and found["p2.png"] == []
+    assert dict(found["p0.png"])["p0-copy.png"] == 1.0  # equal hashes (and bytes)
+    summary = strict_json(json.loads((output / "summary.json").read_text()))
+    assert summary["threshold"] == round(1 - 10 / 64, 4) and summary["search"] == "phash <= 10 bits"
+    assert summary["checkpoint"].startswith("phash (imagededup 0.3.3")
+    assert (output / "pairs.csv").read_text().count("\n") == 1 + 3 and (output / "report.html").exists()
+    assert checksums(folder) == before
+
+
+def test_evaluate_with_hash_baselines_scores_the_same_pairs(trained, airbnb, tmp_path, capsys):
+    """--baselines phash,ahash: their rows in evaluation.json score every distinct Test Data pair,
+    as SameSpace's all_distinct_pairs, and the printed table lists SameSpace first."""
+    arguments = ["evaluate", str(trained["checkpoint"]), "--data-dir", str(airbnb["dir"]), "--output"]
+    assert model_inference.main([*arguments, str(tmp_path / "bad"), "--baselines", "phash,vgg99"]) == 2
+    assert one_line_error(capsys) == "error: unknown baseline vgg99: choose from phash, dhash, whash, ahash or all"
+    assert not (tmp_path / "bad").exists()
+    assert model_inference.main([*arguments, str(tmp_path / "out"), "--baselines", "phash,ahash"]) == 0
+    report = strict_json((tmp_path / "out" / "evaluation.json").read_text())
+    assert list(report["methods"]) == ["phash", "ahash"]
+    for row in report["methods"].values():
+        assert row["pairs"] == report["all_distinct_pairs"]["pairs"]
+        assert row["positives"] == report["all_distinct_pairs"]["positives"]
+        assert 0.0 <= row["roc_auc"] <= 1.0 and 0.0 <= row["pr_auc"] <= 1.0
+    printed = capsys.readouterr().out.splitlines()
+    start = next(i for i, line in enumerate(printed) if line.startswith("method"))
+    assert [line.split()[0] for line in printed[start + 1 : start + 4]] == ["samespace", "phash", "ahash"]
+    phash = printed[start + 2].split()
+    assert phash[1:3] == [f"{report['methods']['phash']['roc_auc']:.4f}", f"{report['methods']['phash']['pr_auc']:.4f}"]
