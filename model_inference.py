@@ -346,7 +346,10 @@ def build_parser() -> Parser:
         "--index",
         choices=INDEX_METHODS,
         default="auto",
-        help=f"neighbour search: exact up to {EXACT_LIMIT:,} photos, faiss HNSW above (auto); ivfpq: compressed faiss index, about 200 B a photo",
+        help=(
+            f"neighbour search: exact up to {EXACT_LIMIT:,} photos, faiss HNSW above (auto); "
+            "ivfpq: compressed faiss index, about 200 B a photo"
+        ),
     )
     dd.add_argument("--force", action="store_true", help="overwrite reports in a non-empty output folder")
     return parser
