@@ -33,6 +33,7 @@ ALL_PAIRS_LIMIT = 500
 INDEX_METHODS = ("auto", "exact", "faiss")
 EXACT_LIMIT = 50_000
 PREPROCESSING_CHOICES = ("auto", "ours", "original")  # samespace.checkpoints.PREPROCESSING_CHOICES
+KEEP_RULES = ("largest", "newest", "oldest", "first")  # samespace.groups.KEEP_RULES
 
 
 def output_folder(
@@ -191,16 +192,28 @@ def run_dedup(args: argparse.Namespace) -> None:
         neighbours=args.neighbours,
         index=args.index,
         exclude=output,
+        keep=args.keep,
     )
-    dedup.write_outputs(result, args.folder, output, args.scores, checkpoint=Path(args.checkpoint).resolve().name)
-    identical = int((result.duplicate_reasons == dedup.IDENTICAL).sum())
+    summary = dedup.write_outputs(
+        result,
+        args.folder,
+        output,
+        args.scores,
+        checkpoint=Path(args.checkpoint).resolve().name,
+        warnings=[warning] if warning else [],
+        keep=args.keep,
+    )
     print(
-        f"{plural(len(result.names), 'photo')}, {plural(len(result.groups()), 'duplicate group')}, "
-        f"{plural(len(result.duplicate_pairs[0]), 'duplicate pair')} at >= {args.threshold} "
-        f"({identical} of them byte-identical; {plural(result.head_evaluations, 'head evaluation')}; "
+        f"{plural(len(result.names), 'photo')}, {plural(summary['groups'], 'duplicate group')}, "
+        f"{plural(summary['duplicate pairs'], 'duplicate pair')} at >= {args.threshold} "
+        f"({summary['identical copies']} of them byte-identical; {plural(result.head_evaluations, 'head evaluation')}; "
         f"{plural(len(result.unreadable), 'file')} skipped)"
     )
-    print(f"report: {printable(str(output / 'report.html'))}  map: {printable(str(output / 'duplicates.json'))}")
+    print(
+        f"report: {printable(str(output / 'report.html'))}  map: {printable(str(output / 'duplicates.json'))}  "
+        f"{plural(summary['to remove'], 'file')} to remove, kept by {args.keep}: "
+        f"{printable(str(output / 'to_remove.json'))} (nothing was deleted)"
+    )
 
 
 def probability(text: str) -> float:
@@ -278,6 +291,13 @@ def build_parser() -> Parser:
         choices=INDEX_METHODS,
         default="auto",
         help=f"neighbour search: exact up to {EXACT_LIMIT:,} photos, faiss HNSW above (auto)",
+    )
+    dd.add_argument(
+        "--keep",
+        choices=KEEP_RULES,
+        default="largest",
+        help="the file each group keeps (to_remove.json lists the others; nothing is deleted): largest "
+        "(resolution, then file size, then name; default), newest, oldest, first (by name)",
     )
     dd.add_argument("--force", action="store_true", help="overwrite reports in a non-empty output folder")
     return parser

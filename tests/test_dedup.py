@@ -26,8 +26,10 @@ def test_dedup_maps_reports_and_never_touches_the_photos(small_net, photo_folder
     assert sorted(result.names) == sorted(p.relative_to(photo_folder).as_posix() for p in readable)
     assert "sub/nested.png" in result.names
     assert {s.path.name for s in result.unreadable} == {"truncated.jpg", "cut.jpg", "notes.jpg"}
-    assert sum(calls) == len(result.names) == result.trunk_images  # the backbone once per photo
-    n = len(result.names)
+    # sub/nested.png is a byte copy of grey.png: the backbone once per distinct file, the head on their pairs
+    assert [[result.names[m] for m in g] for g in result.identical] == [["grey.png", "sub/nested.png"]]
+    n = len(result.names) - 1
+    assert sum(calls) == n == result.trunk_images
     assert result.search == "all" and result.head_evaluations == n * (n - 1)
 
     output = tmp_path / "out"
@@ -43,11 +45,14 @@ def test_dedup_maps_reports_and_never_touches_the_photos(small_net, photo_folder
     assert "room &lt;b&gt;&amp;&#x27;q&#x27;.jpg" in page and "room <b>" not in page
     assert "truncated.jpg" in page and "notes.jpg" in page and "cut.jpg" in page
     rows = (output / "pairs.csv").read_text().strip().splitlines()
-    assert rows[0] == "first,second,score" and len(rows) == 1 + n * (n - 1) // 2
+    assert rows[0] == "first,second,score,reason,files" and len(rows) == 1 + n * (n - 1) // 2 + 1
+    assert rows[-1] == "grey.png,sub/nested.png,1.000000,identical file,2"
+    removed = json.loads((output / "to_remove.json").read_text())
+    assert removed == sorted(result.names[m] for g in result.groups() for m in g[1:]) and "sub/nested.png" in removed
     assert checksums(photo_folder) == before  # every input byte-identical
 
 
-def test_duplicate_groups_are_connected_components():
+def test_duplicate_groups_are_stars_around_the_first_photo():
     result = Dedup(
         names=["a", "b", "c", "d", "e"],
         first=np.array([0, 1, 3, 0]),
@@ -57,7 +62,7 @@ def test_duplicate_groups_are_connected_components():
         search="all",
         head_evaluations=8,
     )
-    assert result.groups() == [[0, 1, 2], [3, 4]]
+    assert result.groups() == [[0, 1], [3, 4]]  # c is b's duplicate, not a's: no chain (tests/test_groups.py)
     assert result.duplicates() == {"a": ["b"], "b": ["a", "c"], "c": ["b"], "d": ["e"], "e": ["d"]}
     assert result.duplicates(with_scores=True)["b"] == [("a", 0.9), ("c", 0.7)]
 
@@ -142,9 +147,9 @@ def test_byte_identical_files_are_duplicates_whatever_the_model_says(tmp_path):
     result = find_duplicates(net, tmp_path, torch.device("cpu"), threshold=0.9)
     assert result.names == ["a copy.jpg", "a.jpg", "b.jpg"]
     scores = {(result.names[a], result.names[b]): (s, r) for a, b, s, r in zip(*vars_of(result))}
-    assert scores[("a copy.jpg", "a.jpg")] == (1.0, IDENTICAL)
-    assert all(abs(s - 0.5) < 0.05 and r == MODEL for pair, (s, r) in scores.items() if "b.jpg" in pair)
-    assert result.groups() == [[0, 1]] and list(result.duplicate_reasons) == [IDENTICAL]
+    assert set(scores) == {("a copy.jpg", "b.jpg")}  # the copy "a.jpg" is never scored: it is identical
+    assert all(abs(s - 0.5) < 0.05 and r == MODEL for s, r in scores.values())
+    assert result.identical == [[0, 1]] and result.groups() == [[0, 1]] and not len(result.duplicate_reasons)
     assert result.duplicates() == {"a copy.jpg": ["a.jpg"], "a.jpg": ["a copy.jpg"], "b.jpg": []}
 
 
@@ -152,8 +157,9 @@ def vars_of(result):
     return result.first, result.second, result.scores, result.reasons
 
 
-def test_identical_pairs_the_candidate_search_missed_are_added():
-    result = Dedup(["a", "b", "c"], np.array([0]), np.array([1]), np.array([0.3]), 0.5, "knn", 2)
+def test_identical_groups_are_kept_as_groups_and_scored_pairs_of_them_marked():
+    result = Dedup(["a", "b", "c"], np.array([0, 0]), np.array([1, 2]), np.array([0.3, 0.2]), 0.5, "knn", 2)
     result.mark_identical([[2, 0]])
     assert list(zip(*vars_of(result))) == [(0, 1, pytest.approx(0.3), MODEL), (0, 2, 1.0, IDENTICAL)]
     assert result.groups() == [[0, 2]]
+    assert result.duplicates() == {"a": ["c"], "b": [], "c": ["a"]}  # once, though also scored

@@ -18,7 +18,7 @@ from PIL import Image
 
 import model_inference
 from conftest import checksums, run_script, strict_json
-from samespace import candidates, dedup
+from samespace import candidates, dedup, groups
 
 
 def random_photos(folder: Path, names, seed: int = 1) -> None:
@@ -68,7 +68,7 @@ def test_cli_on_a_training_checkpoint(trained, airbnb, photo_folder, tmp_path):
     out = run_script(model_inference, "dedup", checkpoint, photo_folder, "--recursive", "--scores", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     produced = tmp_path / "samespace-outputs" / f"dedup-{photo_folder.name}"
-    assert {p.name for p in produced.iterdir()} == {"duplicates.json", "pairs.csv", "report.html", "summary.json"}
+    assert {p.name for p in produced.iterdir()} == {"duplicates.json", "pairs.csv", "report.html", "summary.json", "to_remove.json"}
     assert "skipped notes.jpg: not an image in a format PIL reads" in out.stderr
     # A random trunk scores every pair alike, so how many pass 0.5 depends on the run; the two
     # byte-identical files (grey.png, sub/nested.png) are duplicates whatever the score.
@@ -101,6 +101,7 @@ def test_help_texts_agree_with_the_code():
     assert model_inference.ALL_PAIRS_LIMIT == dedup.ALL_PAIRS_LIMIT
     assert model_inference.INDEX_METHODS == candidates.METHODS
     assert model_inference.EXACT_LIMIT == candidates.EXACT_LIMIT
+    assert model_inference.KEEP_RULES == groups.KEEP_RULES
 
 
 def test_every_argument_has_help_and_device_goes_anywhere():
