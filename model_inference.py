@@ -164,9 +164,15 @@ def run_compare(args: argparse.Namespace) -> None:
         logger.warning(warning)
     result = evaluation.compare(net, photos.as_tensor(pixels), device)
     print(
-        f"{result['probability']:.4f}  P(same space) of {printable(args.first.name)} and "
+        f"{result['probability']:.4f}  {verdict(result['probability'], args.threshold)} at threshold "
+        f"{args.threshold:g}  P(same space) of {printable(args.first.name)} and "
         f"{printable(args.second.name)} (A->B {result['a_then_b']:.4f}, B->A {result['b_then_a']:.4f})"
     )
+
+
+def verdict(probability: float, threshold: float) -> str:
+    """What a probability means at ``threshold``: dedup's rule (duplicate when >= threshold)."""
+    return "same space" if probability >= threshold else "different spaces"
 
 
 def run_dedup(args: argparse.Namespace) -> None:
@@ -266,6 +272,9 @@ def build_parser() -> Parser:
     cmp.add_argument("checkpoint", help=checkpoint_help)
     cmp.add_argument("first", type=Path, help="a photo file")
     cmp.add_argument("second", type=Path, help="another photo file")
+    cmp.add_argument(
+        "--threshold", type=probability, default=0.5, help="verdict 'same space' when P(same space) >= this (0.5)"
+    )
 
     dd = commands.add_parser("dedup", parents=[device_option], help="groups of duplicate photos in a folder")
     dd.set_defaults(func=run_dedup)

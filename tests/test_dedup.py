@@ -163,3 +163,21 @@ def test_identical_groups_are_kept_as_groups_and_scored_pairs_of_them_marked():
     assert list(zip(*vars_of(result))) == [(0, 1, pytest.approx(0.3), MODEL), (0, 2, 1.0, IDENTICAL)]
     assert result.groups() == [[0, 2]]
     assert result.duplicates() == {"a": ["c"], "b": [], "c": ["a"]}  # once, though also scored
+
+
+def test_reports_carry_warnings_and_label_identical_files_apart_from_scores(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k, name in enumerate(("a.jpg", "b.jpg", "c.jpg")):
+        Image.new("RGB", (30, 20), (k * 80, 10, 10)).save(folder / name)
+    result = Dedup(["a.jpg", "b.jpg", "c.jpg"], np.array([0]), np.array([2]), np.array([0.75]), 0.5, "all", 2)
+    result.mark_identical([[0, 1]])
+    warning = "checkpoint x was trained on a trunk with random weights: its scores are meaningless"
+    write_outputs(result, folder, tmp_path / "out", with_scores=False, warnings=[warning])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["warnings"] == [warning] and summary["identical copies"] == 1 and summary["to remove"] == 2
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert f"<p class='warning' role='alert'>Warning: {warning}</p>" in page
+    assert "1 identical file, score 0.7500" in page  # the group's caption: the copy is no model score
+    assert "<td class='score'>identical file</td>" in page and "<td class='score'>0.750000</td>" in page
+    assert page.count("class='kept'") == 1

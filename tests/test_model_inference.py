@@ -68,7 +68,11 @@ def test_cli_on_a_training_checkpoint(trained, airbnb, photo_folder, tmp_path):
     out = run_script(model_inference, "dedup", checkpoint, photo_folder, "--recursive", "--scores", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     produced = tmp_path / "samespace-outputs" / f"dedup-{photo_folder.name}"
-    assert {p.name for p in produced.iterdir()} == {"duplicates.json", "pairs.csv", "report.html", "summary.json", "to_remove.json"}
+    written = {p.name for p in produced.iterdir()}
+    assert written == {"duplicates.json", "pairs.csv", "report.html", "summary.json", "to_remove.json"}
+    summary = json.loads((produced / "summary.json").read_text())
+    assert len(summary["warnings"]) == 1 and "scores are meaningless" in summary["warnings"][0]
+    assert "Warning: checkpoint" in (produced / "report.html").read_text()
     assert "skipped notes.jpg: not an image in a format PIL reads" in out.stderr
     # A random trunk scores every pair alike, so how many pass 0.5 depends on the run; the two
     # byte-identical files (grey.png, sub/nested.png) are duplicates whatever the score.
@@ -212,7 +216,9 @@ def test_random_trunk_warning_only_for_random_trunks(trained, tmp_path, capsys, 
             assert model_inference.main(["compare", str(checkpoint), *pair, "--device", "cpu"]) == 0
         said = [r.getMessage() for r in caplog.records if "meaningless" in r.getMessage()]
         assert len(said) == warnings
-        assert "P(same space) of a.jpg and b.jpg" in capsys.readouterr().out
+        printed = capsys.readouterr().out
+        assert "P(same space) of a.jpg and b.jpg" in printed
+        assert re.search(r"^\d\.\d{4}  (same space|different spaces) at threshold 0\.5  ", printed)
 
 
 def test_cli_refuses_what_is_not_a_checkpoint(tmp_path, airbnb, capsys):
@@ -258,3 +264,9 @@ def test_dedup_with_a_non_utf8_name_and_identical_bytes(trained, tmp_path):
     assert "1 file skipped" in out.stdout
     found = json.loads((output / "duplicates.json").read_text())
     assert len(found) == 3 and sum(bool(v) for v in found.values()) == 2  # a.jpg and the café copy, each other's
+
+
+def test_compare_verdict_follows_the_dedup_rule():
+    assert model_inference.verdict(0.5, 0.5) == "same space"  # at the threshold is a duplicate, as in dedup
+    assert model_inference.verdict(0.4999, 0.5) == "different spaces"
+    assert model_inference.parse_args(["compare", "ck", "a", "b", "--threshold", "0.8"]).threshold == 0.8

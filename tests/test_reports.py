@@ -333,7 +333,7 @@ def test_report_renders_in_chromium(tmp_path, monkeypatch):
     (folder / "gone.jpg").unlink()  # deleted between scoring and report: no preview, no crash
     result = Dedup(
         names,
-        np.array([0, 1, 3, 0]),
+        np.array([0, 0, 3, 0]),  # café's duplicates odd and =x: a star around café
         np.array([1, 2, 4, 5]),
         np.array([0.97651, 0.93, 0.81234, 0.2]),
         0.5,
