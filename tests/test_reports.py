@@ -359,7 +359,9 @@ def test_report_renders_in_chromium(tmp_path, monkeypatch):
     groups = [a["id"] for a in dom.all("details", **{"class": "group"})]
     assert groups == ["g1", "g2"]  # largest first: {café, odd, =x} then {sub dir/a b, gone}
     assert [a["id"] for a in dom.all("figure")] == ["p0", "p1", "p2", "p3", "p4"]  # single.jpg: no group
-    assert dom.texts["figcaption"] == ["caf\\xe9.jpg", ODD, "=x.jpg", "sub dir/a b.jpg", "gone.jpg"]
+    captions = [text.strip() for text in dom.texts["figcaption"]]  # after the kept photos' "keep" mark
+    assert captions == ["caf\\xe9.jpg", ODD, "=x.jpg", "sub dir/a b.jpg", "gone.jpg"]
+    assert dom.texts["strong"] == ["keep", "keep"]  # each group's first photo
     assert not dom.all("b")  # the name's <b> stayed text
     assert len(dom.all("img")) == 4 and "no preview" in "".join(dom.texts["span"])
     # Each thumbnail links to its own original, whatever the name's bytes.
