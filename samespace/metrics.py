@@ -80,5 +80,6 @@ def score_report(labels: np.ndarray, probabilities: np.ndarray) -> dict:
         report["pr_auc"] = float(skm.average_precision_score(labels, probabilities))
         report["at_best_f1"] = threshold_metrics(labels, probabilities, best_f1_threshold(labels, probabilities))
     else:
-        report |= {"roc_auc": None, "pr_auc": None, "at_best_f1": None, "why_null": "ROC-AUC and PR-AUC need " + ONE_CLASS}
+        why = "ROC-AUC and PR-AUC need " + ONE_CLASS
+        report |= {"roc_auc": None, "pr_auc": None, "at_best_f1": None, "why_null": why}
     return report

@@ -191,7 +191,8 @@ def build_pairs(
     count = len(positives)
     if available < count:
         if available:
-            logger.warning("only %s for %s: taking all of them", plural(available, "negative pair"), plural(count, "positive"))
+            negatives, positives = plural(available, "negative pair"), plural(count, "positive")
+            logger.warning("only %s for %s: taking all of them", negatives, positives)
         else:
             logger.warning("no negative pairs for %s: all photos show one room", plural(count, "positive"))
         count = available
