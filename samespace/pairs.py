@@ -191,8 +191,8 @@ def build_pairs(
     count = len(positives)
     if available < count:
         if available:
-            negatives, positives = plural(available, "negative pair"), plural(count, "positive")
-            logger.warning("only %s for %s: taking all of them", negatives, positives)
+            have, need = plural(available, "negative pair"), plural(count, "positive")
+            logger.warning("only %s for %s: taking all of them", have, need)
         else:
             logger.warning("no negative pairs for %s: all photos show one room", plural(count, "positive"))
         count = available
