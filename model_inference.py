@@ -199,6 +199,7 @@ def run_dedup(args: argparse.Namespace) -> None:
         index=args.index,
         exclude=output,
         keep=args.keep,
+        include_hidden=args.include_hidden,
     )
     summary = dedup.write_outputs(
         result,
@@ -284,6 +285,9 @@ def build_parser() -> Parser:
         "--threshold", type=probability, default=0.5, help="duplicate when P(same space) >= this (default 0.5)"
     )
     dd.add_argument("--recursive", action="store_true", help="include subfolders")
+    dd.add_argument(
+        "--include-hidden", action="store_true", help="include hidden (.name) subfolders, skipped by default"
+    )
     dd.add_argument("--output", help="report folder (default: samespace-outputs/dedup-<folder>)")
     dd.add_argument("--scores", action="store_true", help="duplicates.json lists [duplicate, score] pairs")
     dd.add_argument(

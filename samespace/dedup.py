@@ -140,9 +140,12 @@ class Listing:
     subfolders: list[Path]
 
 
-def list_files(folder: Path, recursive: bool, exclude: Path | None = None) -> Listing:
+def list_files(
+    folder: Path, recursive: bool, exclude: Path | None = None, include_hidden: bool = False
+) -> Listing:
     """The regular files of ``folder`` (and its subfolders when ``recursive``), sorted, minus
-    ``exclude``. Nothing is opened here: FIFOs, sockets, broken links, links to folders and
+    ``exclude`` and, unless ``include_hidden``, hidden subfolders (``.name``: caches such as the
+    ``.samespace-cache`` that evaluate writes hold no photos of the user's). Nothing is opened here: FIFOs, sockets, broken links, links to folders and
     folders that cannot be listed are returned as skipped, never read (a FIFO blocks forever)."""
     files: list[Path] = []
     skipped: list[Skipped] = []
@@ -154,6 +157,8 @@ def list_files(folder: Path, recursive: bool, exclude: Path | None = None) -> Li
 
     for root, dirs, names in os.walk(folder, onerror=unlistable):
         here = Path(root)
+        if not include_hidden:
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
         if not recursive:
             subfolders += [here / d for d in sorted(dirs)]
             dirs.clear()
@@ -219,13 +224,14 @@ def find_duplicates(
     index: str = "auto",
     exclude: Path | None = None,
     keep: str = "largest",
+    include_hidden: bool = False,
 ) -> Dedup:
     """Duplicate photos in ``folder``: pairs the model scores at or above ``threshold``, and
     byte-identical files always (score 1.0, reason ``identical bytes``). Unreadable files and
     entries that are not regular files are listed, not fatal."""
     if not folder.is_dir():
         raise DataError(f"not a folder: {folder}")
-    listing = list_files(folder, recursive, exclude)
+    listing = list_files(folder, recursive, exclude, include_hidden)
     embedder = scoring.Embedder(net, device, autocast=True)  # bfloat16 trunk on CUDA, where it scores alike
     # Byte-identical copies first: only one of each group is decoded and scored (O(copies)).
     identical = identical_files(listing.files)
@@ -249,6 +255,9 @@ def find_duplicates(
                 f"no photos directly in {printable(str(folder))}, but its subfolders hold {plural(nested, 'file')}: "
                 "pass --recursive to include them"
             )
+    if not kept_reps:
+        unread = f" ({plural(len(skipped), 'file')} skipped, see above)" if skipped else ""
+        raise DataError(f"no photos found in {printable(str(folder))}{unread}: nothing to compare")
     kept = sorted(kept_reps + [c for r in kept_reps for c in copies_of.get(r, [])])
     index_of = {position: k for k, position in enumerate(kept)}
     paths = [listing.files[i] for i in kept]

@@ -181,3 +181,27 @@ def test_reports_carry_warnings_and_label_identical_files_apart_from_scores(tmp_
     assert "1 identical file, score 0.7500" in page  # the group's caption: the copy is no model score
     assert "<td class='score'>identical file</td>" in page and "<td class='score'>0.750000</td>" in page
     assert page.count("class='kept'") == 1
+
+
+def test_hidden_folders_are_left_out_unless_asked(small_net, tmp_path):
+    for sub in (".samespace-cache", "rooms"):
+        (tmp_path / sub).mkdir()
+        Image.new("RGB", (20, 20), (5, 6, 7)).save(tmp_path / sub / "a.png")
+    Image.new("RGB", (20, 20), (50, 6, 7)).save(tmp_path / "top.png")
+    assert [p.relative_to(tmp_path).as_posix() for p in list_files(tmp_path, True).files] == ["rooms/a.png", "top.png"]
+    flat = list_files(tmp_path, False)
+    assert [p.name for p in flat.subfolders] == ["rooms"]  # a hidden one never prompts --recursive
+    every = list_files(tmp_path, True, include_hidden=True).files
+    assert [p.relative_to(tmp_path).as_posix() for p in every] == [".samespace-cache/a.png", "rooms/a.png", "top.png"]
+    result = find_duplicates(small_net, tmp_path, torch.device("cpu"), recursive=True, include_hidden=True)
+    assert result.identical == [[0, 1]]  # the two a.png are byte-identical
+
+
+def test_a_folder_without_photos_is_one_clear_error(small_net, tmp_path):
+    with pytest.raises(DataError, match=r"^no photos found in .*: nothing to compare$"):
+        find_duplicates(small_net, tmp_path, torch.device("cpu"))
+    (tmp_path / "notes.jpg").write_text("text")
+    (tmp_path / ".hidden").mkdir()
+    Image.new("RGB", (20, 20)).save(tmp_path / ".hidden" / "a.png")
+    with pytest.raises(DataError, match=r"no photos found in .* \(1 file skipped, see above\): nothing to compare"):
+        find_duplicates(small_net, tmp_path, torch.device("cpu"), recursive=True)
