@@ -145,8 +145,9 @@ def list_files(
 ) -> Listing:
     """The regular files of ``folder`` (and its subfolders when ``recursive``), sorted, minus
     ``exclude`` and, unless ``include_hidden``, hidden subfolders (``.name``: caches such as the
-    ``.samespace-cache`` that evaluate writes hold no photos of the user's). Nothing is opened here: FIFOs, sockets, broken links, links to folders and
-    folders that cannot be listed are returned as skipped, never read (a FIFO blocks forever)."""
+    ``.samespace-cache`` that evaluate writes hold no photos of the user's).
+    Nothing is opened here: FIFOs, sockets, broken links, links to folders and folders that cannot
+    be listed are returned as skipped, never read (a FIFO blocks forever)."""
     files: list[Path] = []
     skipped: list[Skipped] = []
     subfolders: list[Path] = []
