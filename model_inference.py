@@ -34,6 +34,7 @@ INDEX_METHODS = ("auto", "exact", "faiss")
 EXACT_LIMIT = 50_000
 PREPROCESSING_CHOICES = ("auto", "ours", "original")  # samespace.checkpoints.PREPROCESSING_CHOICES
 KEEP_RULES = ("largest", "newest", "oldest", "first")  # samespace.groups.KEEP_RULES
+THRESHOLD_FROM_HELP = "the best-F1 threshold from the evaluation.json that `evaluate` wrote (instead of --threshold)"
 
 
 def output_folder(
@@ -151,6 +152,7 @@ def run_compare(args: argparse.Namespace) -> None:
 
     from samespace import photos
 
+    resolve_threshold(args)  # a bad evaluation.json is one line before any work
     # The photos first (no torch needed): a bad one, or a FIFO (never opened), is one line at once.
     # draft: JPEG decoding at a reduced scale, fine for inference (training decodes exactly).
     pixels = np.stack([photos.read_photo(path, draft=True) for path in (args.first, args.second)])
@@ -170,6 +172,17 @@ def run_compare(args: argparse.Namespace) -> None:
     )
 
 
+def resolve_threshold(args: argparse.Namespace) -> str:
+    """Sets ``args.threshold`` from ``--threshold-from`` when given; returns where it came from."""
+    if getattr(args, "threshold_from", None) is None:
+        return "--threshold"
+    from samespace import evaluation
+
+    args.threshold, source = evaluation.threshold_from(args.threshold_from)
+    logger.info("threshold %.4f: %s", args.threshold, source)
+    return source
+
+
 def verdict(probability: float, threshold: float) -> str:
     """What a probability means at ``threshold``: dedup's rule (duplicate when >= threshold)."""
     return "same space" if probability >= threshold else "different spaces"
@@ -181,6 +194,7 @@ def run_dedup(args: argparse.Namespace) -> None:
 
     if not args.folder.is_dir():
         raise DataError(f"not a folder: {printable(str(args.folder))}")
+    source = resolve_threshold(args)
     device = scoring.resolve_device(args.device)
     default = Path("samespace-outputs") / f"dedup-{args.folder.resolve().name}"
     output = output_folder(args, default, inputs=[Path(args.checkpoint)], scanned=args.folder)
@@ -209,6 +223,7 @@ def run_dedup(args: argparse.Namespace) -> None:
         checkpoint=Path(args.checkpoint).resolve().name,
         warnings=[warning] if warning else [],
         keep=args.keep,
+        threshold_source=source,
     )
     print(
         f"{plural(len(result.names), 'photo')}, {plural(summary['groups'], 'duplicate group')}, "
@@ -273,17 +288,21 @@ def build_parser() -> Parser:
     cmp.add_argument("checkpoint", help=checkpoint_help)
     cmp.add_argument("first", type=Path, help="a photo file")
     cmp.add_argument("second", type=Path, help="another photo file")
-    cmp.add_argument(
+    chosen = cmp.add_mutually_exclusive_group()
+    chosen.add_argument(
         "--threshold", type=probability, default=0.5, help="verdict 'same space' when P(same space) >= this (0.5)"
     )
+    chosen.add_argument("--threshold-from", type=Path, metavar="EVALUATION_JSON", help=THRESHOLD_FROM_HELP)
 
     dd = commands.add_parser("dedup", parents=[device_option], help="groups of duplicate photos in a folder")
     dd.set_defaults(func=run_dedup)
     dd.add_argument("checkpoint", help=checkpoint_help)
     dd.add_argument("folder", type=Path, help="folder of photos (only read, never changed)")
-    dd.add_argument(
+    chosen = dd.add_mutually_exclusive_group()
+    chosen.add_argument(
         "--threshold", type=probability, default=0.5, help="duplicate when P(same space) >= this (default 0.5)"
     )
+    chosen.add_argument("--threshold-from", type=Path, metavar="EVALUATION_JSON", help=THRESHOLD_FROM_HELP)
     dd.add_argument("--recursive", action="store_true", help="include subfolders")
     dd.add_argument(
         "--include-hidden", action="store_true", help="include hidden (.name) subfolders, skipped by default"

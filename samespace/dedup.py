@@ -303,6 +303,7 @@ def write_outputs(
     checkpoint: str | None = None,
     warnings: list[str] | None = None,
     keep: str = "largest",
+    threshold_source: str | None = None,
 ) -> dict:
     """``duplicates.json``, ``to_remove.json``, ``pairs.csv``, ``report.html`` and ``summary.json``
     in ``output``, each written whole or not at all; returns the summary. ``checkpoint`` names the
@@ -319,6 +320,7 @@ def write_outputs(
         "duplicate pairs": len(pair_scores),
         "skipped files": len(result.unreadable),
         "threshold": round(float(result.threshold), 4),
+        **({"threshold from": threshold_source} if threshold_source else {}),
         "search": result.search,
         "scored pairs": int(len(result.scores)),
         "head evaluations": result.head_evaluations,

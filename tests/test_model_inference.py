@@ -270,3 +270,14 @@ def test_compare_verdict_follows_the_dedup_rule():
     assert model_inference.verdict(0.5, 0.5) == "same space"  # at the threshold is a duplicate, as in dedup
     assert model_inference.verdict(0.4999, 0.5) == "different spaces"
     assert model_inference.parse_args(["compare", "ck", "a", "b", "--threshold", "0.8"]).threshold == 0.8
+
+
+def test_threshold_from_is_checked_first_and_excludes_threshold(tmp_path, capsys):
+    (tmp_path / "evaluation.json").write_text("{}")
+    args = ["compare", "no-such-checkpoint", "a.jpg", "b.jpg", "--threshold-from", str(tmp_path / "evaluation.json")]
+    assert model_inference.main(args) == 2
+    said = capsys.readouterr().err.strip()
+    assert said.startswith("error: --threshold-from ") and "no best-F1 threshold" in said and "\n" not in said
+    with pytest.raises(SystemExit) as stopped:
+        model_inference.parse_args(["dedup", "ck", "f", "--threshold", "0.4", "--threshold-from", "e.json"])
+    assert stopped.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
