@@ -1,13 +1,15 @@
 """Use a trained SameSpace checkpoint: evaluate it, compare two photos, find duplicate photos.
 
     python model_inference.py evaluate CHECKPOINT [--data-dir DIR] [--output DIR]
-    python model_inference.py compare CHECKPOINT A.jpg B.jpg
-    python model_inference.py dedup CHECKPOINT FOLDER [--threshold 0.5] [--recursive] [--output DIR] [--scores]
+    python model_inference.py compare CHECKPOINT A.jpg B.jpg [--threshold 0.5 | --threshold-from evaluation.json]
+    python model_inference.py dedup CHECKPOINT FOLDER [--threshold 0.5 | --threshold-from evaluation.json]
+        [--keep largest|newest|oldest|first] [--recursive] [--include-hidden] [--output DIR] [--scores]
 
 CHECKPOINT is a checkpoint folder (from ``model_download.py``, a local run, or the original's
 published checkpoint) or a bare checkpoint UUID (looked up locally). Everything runs in
 eval mode, batched, on the GPU when there is one (``--device cpu`` to force, before or after the
-subcommand). dedup only reads the photos: it never deletes, moves or rewrites one.
+subcommand). dedup only reads the photos: it never deletes, moves or rewrites one; to_remove.json
+lists the files a user may delete, all but the kept one of each group.
 """
 
 from __future__ import annotations
