@@ -377,10 +377,12 @@ def write_dedup_html(
     report_folder = Path(path).parent
     groups = sorted(groups, key=lambda members: (-len(members), min(members)))
     members_in_groups = [m for members in groups for m in members]
+    copy_of = {b: a for a, b in identical}  # an identical copy shows its first file's thumbnail
+    drawn = [m for m in members_in_groups if m not in copy_of]
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL
-        thumbnails = dict(
-            zip(members_in_groups, pool.map(lambda m: _thumbnail_or_reason(folder / names[m]), members_in_groups))
-        )
+        thumbnails = dict(zip(drawn, pool.map(lambda m: _thumbnail_or_reason(folder / names[m]), drawn)))
+    for member in (m for m in members_in_groups if m in copy_of):
+        thumbnails[member] = thumbnails.get(copy_of[member]) or _thumbnail_or_reason(folder / names[member])
 
     group_of = {member: number for number, members in enumerate(groups) for member in members}
     rows: list[list[tuple[float, int, int]]] = [[] for _ in groups]
