@@ -43,6 +43,7 @@ class Dedup:
     reasons: np.ndarray | None = None  # per scored pair: MODEL or IDENTICAL
     identical: list[list[int]] = dataclasses.field(default_factory=list)  # byte-identical groups
     ranks: np.ndarray | None = None  # per photo, its rank to be kept (0 first); None: name order
+    facts: dict[int, groups_module.PhotoFacts] = dataclasses.field(default_factory=dict)  # photos in duplicates
 
     def __post_init__(self) -> None:
         if self.reasons is None:
@@ -273,16 +274,11 @@ def find_duplicates(
     result.first, result.second = rep_index[result.first], rep_index[result.second]
     result.mark_identical([[index_of[r]] + [index_of[c] for c in copies_of[r]] for r in kept_reps if r in copies_of])
     result.trunk_images, result.unreadable = embedder.trunk_images, skipped
-    result.ranks = keep_ranks(result, paths, keep)
-    return result
-
-
-def keep_ranks(result: Dedup, paths: list[Path], keep: str) -> np.ndarray:
-    """Ranks to be kept under ``keep``, reading the facts of photos in duplicates only."""
-    a, b, _ = result.duplicate_pairs
+    a, b, _ = result.duplicate_pairs  # facts of photos in duplicates only: a header and a stat each
     involved = set(a.tolist()) | set(b.tolist()) | {m for group in result.identical for m in group}
-    facts = {m: groups_module.facts_of(paths[m]) for m in sorted(involved)}
-    return groups_module.keep_ranks(facts, len(paths), keep)
+    result.facts = {m: groups_module.facts_of(paths[m]) for m in sorted(involved)}
+    result.ranks = groups_module.keep_ranks(result.facts, len(paths), keep)
+    return result
 
 
 def report_pairs(result: Dedup) -> tuple[dict[tuple[int, int], float], set[tuple[int, int]]]:
@@ -335,7 +331,7 @@ def write_outputs(
     )
     reports.write_dedup_html(
         output / "report.html", folder, result.names, groups, pair_scores, result.unreadable, summary,
-        identical=identical, warnings=warnings or [],
+        identical=identical, warnings=warnings or [], details=groups_module.describe(result.facts),
     )
     reports.write_json(
         output / "summary.json",

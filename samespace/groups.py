@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -115,6 +116,15 @@ def star_groups(
         if len(star) > 1:
             stars.append(star)
     return sorted(stars, key=lambda star: (-len(star), ranks[star[0]]))
+
+
+def describe(facts: dict[int, PhotoFacts]) -> dict[int, str]:
+    """Per photo, what the report shows under it: resolution, file size and date."""
+    def line(fact: PhotoFacts) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(fact.mtime))
+        return f"{fact.width}×{fact.height} · {fact.bytes / 1e3:,.0f} KB · {when}"
+
+    return {member: line(fact) for member, fact in facts.items()}
 
 
 def to_remove(groups: Sequence[Sequence[int]], names: Sequence[str]) -> list[str]:

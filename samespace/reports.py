@@ -362,6 +362,7 @@ def write_dedup_html(
     summary: dict,
     identical: set[tuple[int, int]] = frozenset(),
     warnings: Sequence[str] = (),
+    details: dict[int, str] | None = None,
 ) -> Path:
     """A self-contained page: ``summary`` first, then the duplicate groups, largest first, in
     collapsible pages (the first open); each photo of a group once, as a small inlined thumbnail
@@ -395,6 +396,7 @@ def write_dedup_html(
     def figure(member: int) -> str:
         name, thumbnail = names[member], thumbnails[member]
         mark = "<strong class='kept'>keep</strong> " if member in kept else ""
+        detail = f"<br><small class='facts'>{esc(details[member])}</small>" if details and member in details else ""
         picture = (
             f"<img src='{thumbnail}' alt='{shown(name)}'>"
             if thumbnail.startswith("data:")
@@ -402,7 +404,7 @@ def write_dedup_html(
         )
         return (
             f"<figure id='p{member}'><a href='{esc(photo_href(folder / name, report_folder))}'>{picture}</a>"
-            f"<figcaption>{mark}{shown(name)}</figcaption></figure>"
+            f"<figcaption>{mark}{shown(name)}{detail}</figcaption></figure>"
         )
 
     def group_html(number: int, members: Sequence[int], pairs: list[tuple[float, int, int]]) -> str:

@@ -132,3 +132,18 @@ def test_copies_of_an_unreadable_file_are_skipped_with_its_reason(small_net, tmp
         "notes.jpg": "not an image in a format PIL reads",
         "notes copy.jpg": "not an image in a format PIL reads",
     }
+
+
+def test_the_report_shows_resolution_size_and_date_of_grouped_photos(small_net, tmp_path):
+    from samespace.groups import describe
+
+    fact = PhotoFacts(640, 480, 123_456, time.mktime((2026, 1, 2, 3, 4, 0, 0, 0, -1)))
+    assert describe({3: fact}) == {3: "640×480 · 123 KB · 2026-01-02 03:04"}
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(folder / "a.png")
+    (folder / "b.png").write_bytes((folder / "a.png").read_bytes())
+    result = find_duplicates(small_net, folder, torch.device("cpu"))
+    write_outputs(result, folder, tmp_path / "out", with_scores=False)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("<small class='facts'>64×48 · ") == 2
