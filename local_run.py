@@ -64,12 +64,53 @@ PROJECT_DIR = Path(__file__).resolve().parent
 DISTRIBUTED_DEVICE_ENV = "SAMESPACE_DISTRIBUTED_DEVICE"  # "cpu": torchrun processes on the CPU (gloo)
 
 
+# An experiment config has a few hundred nodes at most; aliases count once per use, as they
+# expand when the config is written out again (load_data.json, the master's copy).
+MAX_CONFIG_NODES = 10_000
+MAX_CONFIG_DEPTH = 32
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses, before constructing anything, a document that would
+    expand to more than MAX_CONFIG_NODES nodes or nest deeper than MAX_CONFIG_DEPTH (alias bombs,
+    self-referencing anchors)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        expanded_size(node, {}, 1)
+        return super().construct_document(node)
+
+
+def expanded_size(node: yaml.Node, sizes: dict[int, tuple[int, int]], depth: int) -> tuple[int, int]:
+    """Nodes under ``node`` with every alias expanded, and its height; memoised, so an alias bomb
+    costs its composed size, not its expansion."""
+    if id(node) in sizes:
+        size, height = sizes[id(node)]
+    else:
+        if depth > MAX_CONFIG_DEPTH:
+            raise yaml.YAMLError(f"nested deeper than {MAX_CONFIG_DEPTH} levels (or an anchor that contains itself)")
+        children = node.value if isinstance(node, yaml.SequenceNode) else []
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        size, height = 1, 1
+        for child in children:
+            child_size, child_height = expanded_size(child, sizes, depth + 1)
+            size, height = size + child_size, max(height, child_height + 1)
+            if size > MAX_CONFIG_NODES:
+                raise yaml.YAMLError(f"expands to more than {MAX_CONFIG_NODES:,} values (aliases counted at each use)")
+        sizes[id(node)] = size, height
+    if depth + height - 1 > MAX_CONFIG_DEPTH:
+        raise yaml.YAMLError(f"nested deeper than {MAX_CONFIG_DEPTH} levels")
+    return size, height
+
+
 def read_config(path: str | os.PathLike) -> dict[str, Any]:
     try:
         with open(path) as handle:
-            config = yaml.safe_load(handle)
+            config = yaml.load(handle, Loader=BoundedLoader)
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"cannot read config {path}: {first_line(exc)}") from None
+    except RecursionError:  # nesting the composer cannot follow, before our bound is checked
+        raise ConfigError(f"cannot read config {path}: nested deeper than {MAX_CONFIG_DEPTH} levels") from None
     if not isinstance(config, dict):
         what = "is empty" if config is None else f"is {type(config).__name__}, not a mapping of settings"
         raise ConfigError(f"config {path} {what}; start from const.yaml")

@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
 import re
 import shutil
+import signal
 import stat
 import sys
 import tarfile
 import tempfile
+import threading
+import time
 import zlib
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
@@ -43,6 +47,12 @@ UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9
 # Seconds to wait for the master to connect or send the next bytes of a checkpoint: a stuck
 # master must end in an error, not a hang.
 READ_TIMEOUT_S = 120
+# Bounds on a checkpoint streamed from the master. A SameSpace checkpoint is about 90 MB (51 MB of
+# float32 weights plus RMSprop state for the 40 MB trained; the original's second trunk adds ~12 MB):
+# 4 GiB leaves ample room.
+MAX_UNPACKED_GB = 4.0
+DEADLINE_S = 3600  # the whole download, checked between reads (so it may run READ_TIMEOUT_S over)
+FREE_SPACE_RESERVE = 64 << 20  # left free on the output disk
 DOWNLOADABLE_STATES = {"COMPLETED", "PARTIALLY_DELETED"}
 
 
@@ -151,11 +161,50 @@ def checkpoint_member(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
     return tarfile.data_filter(member, dest)
 
 
-def unpack_from_master(checkpoint: Any, content: Path) -> None:
+class DeadlineReader:
+    """``response.raw`` read a receive at a time, refused once ``deadline`` (monotonic) passes:
+    urllib3's timeout is per receive, so a master trickling bytes would otherwise never end."""
+
+    def __init__(self, raw: Any, deadline: float, what: str):
+        self.raw, self.deadline, self.what = raw, deadline, what
+
+    def read(self, size: int = -1) -> bytes:
+        if time.monotonic() > self.deadline:
+            raise DownloadError(f"{self.what} took longer than {DEADLINE_S:g} s; nothing was saved")
+        return self.raw.read1(size if size and size > 0 else 1 << 16)
+
+
+class SizeBound:
+    """The ``data`` filter (``checkpoint_member``) plus a running total of the sizes the tar
+    headers declare (what extraction writes), refused past the cap or the free space."""
+
+    def __init__(self, cap: int, free: int, disk: Path, what: str):
+        self.cap, self.free, self.disk, self.what, self.total = cap, free, disk, what, 0
+
+    def __call__(self, member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+        self.total += member.size + 512  # its header and data
+        if self.total > self.cap:
+            raise DownloadError(
+                f"{self.what} unpacks to more than {self.cap / 2**30:.3g} GiB, not a SameSpace checkpoint's size; "
+                "nothing was saved (--max-unpacked-gb raises the cap)"
+            )
+        if self.total > self.free:
+            raise DownloadError(
+                f"{self.what} needs more than the {self.free / 2**30:.2f} GiB free on {self.disk}; "
+                "nothing was saved (free some space or pass --output elsewhere)"
+            )
+        return checkpoint_member(member, dest)
+
+
+def unpack_from_master(checkpoint: Any, content: Path, max_unpacked_gb: float | None = None) -> None:
     """Stream the checkpoint's tarball from the master into ``content`` with tarfile's ``data``
     filter: no absolute paths, ``..``, links out or device files (Determined's own
-    ``Checkpoint.download`` extracts without a filter)."""
+    ``Checkpoint.download`` extracts without a filter); at most ``max_unpacked_gb`` (default
+    MAX_UNPACKED_GB) unpacked, within the free space and DEADLINE_S."""
     what = f"checkpoint {checkpoint.uuid} from the master"
+    deadline = time.monotonic() + DEADLINE_S
+    cap = int((MAX_UNPACKED_GB if max_unpacked_gb is None else max_unpacked_gb) * 2**30)
+    free = shutil.disk_usage(content).free - FREE_SPACE_RESERVE
     try:
         response = checkpoint._session.get(  # the client's authenticated session, and Determined's endpoint
             f"/checkpoints/{checkpoint.uuid}",
@@ -166,8 +215,15 @@ def unpack_from_master(checkpoint: Any, content: Path) -> None:
     except errors.APIException as exc:  # not found, or a storage the master cannot read (Azure)
         raise DownloadError(f"the master could not send checkpoint {checkpoint.uuid}: {first_line(exc, 160)}") from None
     try:
-        with tarfile.open(fileobj=response.raw, mode="r|*") as archive:
-            archive.extractall(content, filter=checkpoint_member)
+        announced = int(response.headers.get("Content-Length") or 0)
+        if announced > free:
+            raise DownloadError(
+                f"{what} is {announced / 2**30:.2f} GiB packed, more than the {max(free, 0) / 2**30:.2f} GiB free "
+                f"on {content.parent}; nothing was saved (free some space or pass --output elsewhere)"
+            )
+        bound = SizeBound(cap, free, content.parent, what)
+        with tarfile.open(fileobj=DeadlineReader(response.raw, deadline, what), mode="r|*") as archive:
+            archive.extractall(content, filter=bound)
     except tarfile.FilterError as exc:
         raise DownloadError(f"{what} holds an unsafe entry ({first_line(exc, 160)}); nothing was saved") from None
     except (tarfile.TarError, EOFError, zlib.error) as exc:
@@ -179,16 +235,16 @@ def unpack_from_master(checkpoint: Any, content: Path) -> None:
         response.close()
 
 
-def fetch(checkpoint: Any, content: Path) -> None:
+def fetch(checkpoint: Any, content: Path, max_unpacked_gb: float | None = None) -> None:
     """Write the checkpoint's files into the new folder ``content``: a local copy when its
-    storage is visible here, else through the master."""
+    storage is visible here, else through the master (at most ``max_unpacked_gb`` unpacked)."""
     content.mkdir()
     source = local_source(checkpoint)
     if source is not None:
         check_tree(source, f"checkpoint folder {source}")
         shutil.copytree(source, content, symlinks=True, dirs_exist_ok=True)
     else:
-        unpack_from_master(checkpoint, content)
+        unpack_from_master(checkpoint, content, max_unpacked_gb)
     check_tree(content, f"checkpoint {checkpoint.uuid}")
     if not any(content.iterdir()):
         raise DownloadError(f"checkpoint {checkpoint.uuid} arrived empty; nothing was saved")
@@ -341,16 +397,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true", help="replace non-empty target folders")
     parser.add_argument("--master", help="master URL (default: $DET_MASTER)")
     parser.add_argument("--user", help="user name (default: $DET_USER or the `det user login` session)")
+    parser.add_argument(
+        "--max-unpacked-gb",
+        type=float,
+        default=MAX_UNPACKED_GB,
+        help=f"refuse a checkpoint that unpacks to more than this (default {MAX_UNPACKED_GB:g} GiB)",
+    )
     return parser.parse_args(argv)
+
+
+def interrupt(signum: int, frame: Any) -> NoReturn:
+    raise KeyboardInterrupt  # so a scheduler's SIGTERM unwinds like Ctrl-C: staging folders removed
 
 
 def main(argv: Sequence[str] | None = None, connect: Callable[..., Any] = connect, fetch: Callable = fetch) -> int:
     args = parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
     try:
         if args.top_n < 1:
             raise DownloadError(f"--top-n must be at least 1, not {args.top_n}")
         if args.checkpoint is not None:
             args.checkpoint = user_uuid(args.checkpoint)
+        if not args.max_unpacked_gb > 0:
+            raise DownloadError(f"--max-unpacked-gb must be a number above 0, not {args.max_unpacked_gb}")
+        if fetch is globals()["fetch"]:  # the real one; tests pass their own
+            fetch = functools.partial(fetch, max_unpacked_gb=args.max_unpacked_gb)
         session = connect(master=args.master, user=args.user)
         saved = download(args.experiment, args.checkpoint, args.top_n, Path(args.output), args.force, session, fetch)
     except SameSpaceError as exc:
@@ -359,6 +431,12 @@ def main(argv: Sequence[str] | None = None, connect: Callable[..., Any] = connec
     except Exception as exc:  # the client's errors, turned into one line each
         print(f"error: {explain(exc, args)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; the checkpoint being downloaded was not saved (those listed were)", file=sys.stderr)
+        return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     for item in saved:
         value = "n/a" if item.value is None else f"{item.value:.6f}"
         print(f"{item.uuid}  trial {item.trial_id}  {item.metric} {value}  {item.path}")

@@ -23,7 +23,7 @@ import torch
 from samespace import original
 from samespace.errors import CheckpointError, ConfigError, first_line
 from samespace.network import SiameseNet, network_from_hparams
-from samespace.settings import Hyperparameters
+from samespace.settings import DROPOUT_ALLOWED, Hyperparameters, is_dropout
 
 logger = logging.getLogger("samespace.checkpoints")
 
@@ -85,13 +85,16 @@ def verify_checksum(folder: Path) -> bool:
     record_file, state_file = folder / CHECKSUM_FILE, folder / "state_dict.pth"
     if not record_file.is_file():
         return False
+    damaged = f"{record_file} is damaged (not a checksum record); download the checkpoint again"
     try:
-        expected = json.loads(record_file.read_text())["state_dict.pth"]
-        digest, size = str(expected["sha256"]), int(expected["bytes"])
-    except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError):
-        raise CheckpointError(
-            f"{record_file} is damaged (not a checksum record); download the checkpoint again"
-        ) from None
+        expected = read_json_object(record_file).get("state_dict.pth")
+        digest, size = str(expected["sha256"]), expected["bytes"]
+    except CheckpointError:
+        raise CheckpointError(damaged) from None
+    except (TypeError, KeyError, AttributeError):
+        raise CheckpointError(damaged) from None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:  # 1e999 reads as inf
+        raise CheckpointError(damaged)
     actual_size = state_file.stat().st_size
     try:
         matches = actual_size == size and sha256_of(state_file) == digest
@@ -105,8 +108,9 @@ def verify_checksum(folder: Path) -> bool:
     return True
 
 
-def read_load_data(path: Path) -> dict[str, Any]:
-    """``load_data.json`` as a JSON object."""
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file of a checkpoint as an object, any damage one ``CheckpointError`` line: not
+    UTF-8, not JSON, nested too deeply for the parser (RecursionError), or not an object."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -117,9 +121,16 @@ def read_load_data(path: Path) -> dict[str, Any]:
         meta = json.loads(text)
     except ValueError as exc:
         raise CheckpointError(f"{path} is not valid JSON ({first_line(exc, 100)}); download it again") from None
+    except RecursionError:
+        raise CheckpointError(f"{path} is not a checkpoint's JSON (nested too deeply); download it again") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path} holds a JSON {type(meta).__name__}, not an object; download it again")
     return meta
+
+
+def read_load_data(path: Path) -> dict[str, Any]:
+    """``load_data.json`` as a JSON object."""
+    return read_json_object(path)
 
 
 def original_dropouts(hparams: Any, where: Path) -> tuple[float, float, float]:
@@ -133,7 +144,15 @@ def original_dropouts(hparams: Any, where: Path) -> tuple[float, float, float]:
         values = {name: float(hparams[name]) for name in original.HPARAMS}
     except (TypeError, ValueError):
         raise CheckpointError(f"{where}: hyperparameters {list(original.HPARAMS)} must be numbers") from None
-    return values["dropout1"], values["dropout2"], values["dropout3"]
+    dropouts = values["dropout1"], values["dropout2"], values["dropout3"]
+    wrong = [
+        f"{name} is {value:g}"
+        for name, value in zip(("dropout1", "dropout2", "dropout3"), dropouts)
+        if not is_dropout(value)
+    ]
+    if wrong:
+        raise CheckpointError(f"{where}: {', '.join(wrong)}; each dropout must be {DROPOUT_ALLOWED}")
+    return dropouts
 
 
 def read_model_state(state_file: Path) -> dict[str, Any]:
@@ -299,7 +318,13 @@ def local_checkpoint(reference: str) -> tuple[str, int]:
     state = folder / "trial_state.pkl"
     if not state.is_file():
         raise CheckpointError(f"no local checkpoint {folder.name} under {root}")
-    verify_checksum(folder)
-    with state.open("rb") as handle:
-        batches = int(pickle.load(handle).get("batches_trained") or 0)  # Determined's own file
+    if not verify_checksum(folder):  # no record: at least torch must read it, or Determined fails later
+        if not (folder / "state_dict.pth").is_file():
+            raise CheckpointError(f"{folder} has no state_dict.pth; resume from another checkpoint")
+        read_model_state(folder / "state_dict.pth")
+    try:
+        with state.open("rb") as handle:
+            batches = int(pickle.load(handle).get("batches_trained") or 0)  # Determined's own file
+    except Exception as exc:  # truncated or not Determined's: unpickling errors vary
+        raise CheckpointError(f"cannot read {state}: {first_line(exc, 120)}; resume from another checkpoint") from None
     return folder.name, batches

@@ -198,7 +198,7 @@ def identical_files(paths: list[Path]) -> list[list[int]]:
     for group in (g for g in by_size.values() if len(g) > 1):
         for position in group:
             try:
-                with paths[position].open("rb") as handle:
+                with photos.open_regular(paths[position]) as handle:  # a FIFO swapped in: no group
                     by_digest.setdefault(hashlib.file_digest(handle, "sha256").hexdigest(), []).append(position)
             except OSError:
                 continue

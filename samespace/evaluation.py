@@ -82,7 +82,7 @@ def threshold_from(path: Path) -> tuple[float, str]:
     if problem:
         raise DataError(f"--threshold-from {where}: {problem}")
     try:
-        with open(path, "rb") as handle:
+        with photos.open_regular(path) as handle:  # a FIFO swapped in after the check cannot block
             text = handle.read(EVALUATION_LIMIT + 1)
         if len(text) > EVALUATION_LIMIT:
             limit = EVALUATION_LIMIT >> 20

@@ -17,7 +17,7 @@ import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -124,6 +124,59 @@ def not_a_regular_file(path: str | os.PathLike) -> str | None:
     )
 
 
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """``path`` opened for reading in binary, refused (``OSError`` whose message is the reason)
+    unless the opened descriptor is a regular file: opened non-blocking, so a FIFO or device
+    swapped in after any earlier check cannot block, and re-checked with ``fstat``, so what is
+    read is what was checked. Reads are then bounded by the file's size."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise OSError(not_a_regular_file(path) or exc.strerror or first_line(exc)) from None
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(
+                "not a regular file but "
+                + ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket")
+            )
+        if hasattr(os, "O_NONBLOCK"):
+            os.set_blocking(descriptor, True)  # a regular file: ordinary reads from here on
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+# Deflate encodes at most 258 bytes in 2 bits (one length-258, distance-1 match): no complete
+# stream is smaller than 1/1032 of what it decodes to.
+DEFLATE_MAX_RATIO = 1032
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # by IHDR colour type
+
+
+def png_too_short(handle: BinaryIO) -> bool:
+    """True when a PNG's image data (IDAT chunks) is too short to hold the size its header
+    declares: a stream that ends early decodes without error in PIL, the missing rows blank."""
+    handle.seek(8)
+    header = handle.read(25)
+    if len(header) < 25 or header[4:8] != b"IHDR":
+        return False  # not a PNG PIL would read as one: PIL says why
+    width, height = int.from_bytes(header[8:12], "big"), int.from_bytes(header[12:16], "big")
+    bits = header[16] * PNG_CHANNELS.get(header[17], 4)
+    pixel_bytes = height * -(-width * bits // 8)  # a lower bound, interlaced or not (no filter bytes)
+    data, position = 0, 33
+    while True:
+        handle.seek(position)
+        chunk = handle.read(8)
+        if len(chunk) < 8 or chunk[4:8] == b"IEND":
+            break
+        length = int.from_bytes(chunk[:4], "big")
+        data += length if chunk[4:8] == b"IDAT" else 0
+        position += 12 + length
+    handle.seek(0)
+    return (data + 1) * DEFLATE_MAX_RATIO < pixel_bytes
+
+
 def reduction(size: tuple[int, int], target: int) -> tuple[int, int]:
     """Integer box-reduction factors per axis that keep at least REDUCING_GAP x ``target`` pixels."""
     return tuple(max(1, side // (REDUCING_GAP * target)) for side in size)  # type: ignore[return-value]
@@ -228,11 +281,10 @@ def read_photo(
     non-image or too-large files.
     """
     name = Path(path).name
-    problem = not_a_regular_file(path)
-    if problem:
-        raise UnreadablePhoto(name, problem)
     try:
-        with Image.open(path) as image:
+        with open_regular(path) as handle, Image.open(handle) as image:
+            if image.format == "PNG" and png_too_short(handle):
+                raise UnreadablePhoto(name, f"truncated: too little image data for {image.width}x{image.height}")
             box = None
             if draft and image.format == "JPEG":
                 drafted = image.draft(None, (REDUCING_GAP * size, REDUCING_GAP * size))
@@ -260,7 +312,7 @@ def read_photo(
 def read_thumbnail(path: str | os.PathLike, size: int) -> Image.Image:
     """An upright RGB thumbnail, its longer side ``size`` (or less), decoded in bounded memory
     (JPEG draft, box reduction) for reports. Raises PIL's errors (callers show readable photos)."""
-    with Image.open(path) as image:
+    with open_regular(path) as handle, Image.open(handle) as image:
         width, height = image.size
         scale = min(1.0, size / max(width, height))
         fitted = (max(1, round(width * scale)), max(1, round(height * scale)))

@@ -383,7 +383,8 @@ def write_dedup_html(
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL
         thumbnails = dict(zip(drawn, pool.map(lambda m: _thumbnail_or_reason(folder / names[m]), drawn)))
     for member in (m for m in members_in_groups if m in copy_of):
-        thumbnails[member] = thumbnails.get(copy_of[member]) or _thumbnail_or_reason(folder / names[member])
+        shared = thumbnails.get(copy_of[member], "")
+        thumbnails[member] = shared if shared.startswith("data:") else _thumbnail_or_reason(folder / names[member])
 
     group_of = {member: number for number, members in enumerate(groups) for member in members}
     rows: list[list[tuple[float, int, int]]] = [[] for _ in groups]

@@ -172,8 +172,16 @@ def positive_finite(value: float) -> bool:
     return 0 < value < math.inf
 
 
+DROPOUT_ALLOWED = "a number in [0, 1)"
+
+
+def is_dropout(p: float) -> bool:
+    """A dropout probability torch accepts and that trains: 0 <= p < 1 (so not NaN or inf)."""
+    return 0 <= p < 1
+
+
 def dropout(default: Any = dataclasses.MISSING) -> Any:
-    return setting(default, allowed="a number in [0, 1)", test=lambda p: 0 <= p < 1)
+    return setting(default, allowed=DROPOUT_ALLOWED, test=is_dropout)
 
 
 @dataclasses.dataclass(frozen=True)

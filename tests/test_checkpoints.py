@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -403,6 +404,20 @@ def test_checkpoints_carry_a_checksum_and_a_damaged_one_is_refused(trained, airb
     assert out.stderr.count("\n") == 1 and "does not match the checksum" in out.stderr
 
 
+def test_resume_refuses_a_truncated_local_checkpoint_without_a_checksum_record(trained, clean_env):
+    folder = copy_checkpoint(trained["checkpoint"], local_checkpoint_root() / trained["checkpoint"].name)
+    (folder / CHECKSUM_FILE).unlink()  # written before the record existed
+    state = folder / "state_dict.pth"
+    state.write_bytes(state.read_bytes()[:100_000])
+    with pytest.raises(CheckpointError, match="not a checkpoint torch reads safely") as caught:
+        local_checkpoint(folder.name)
+    assert "\n" not in str(caught.value)
+    (folder / "trial_state.pkl").write_bytes(b"\x80\x04K")  # cut short too: one line, not an UnpicklingError
+    shutil.copy2(trained["checkpoint"] / "state_dict.pth", state)
+    with pytest.raises(CheckpointError, match="cannot read .*trial_state.pkl"):
+        local_checkpoint(folder.name)
+
+
 def test_resume_refuses_a_damaged_local_checkpoint(trained, clean_env):
     folder = copy_checkpoint(trained["checkpoint"], local_checkpoint_root() / trained["checkpoint"].name)
     assert local_checkpoint(folder.name)[0] == folder.name
@@ -484,13 +499,27 @@ BROKEN = {
     "hparams missing keys": (edit_load_data(lambda meta: {**meta, "hparams": {"alpha": 0.9}}), r"dropout1.*missing"),
     "original's hparams missing": (edit_load_data(original_meta), "not a checkpoint of the original"),
     "checksum record damaged": (write(CHECKSUM_FILE, b"{"), "is damaged"),
+    "checksum record bytes 1e999": (
+        write(CHECKSUM_FILE, b'{"state_dict.pth": {"sha256": "0", "bytes": 1e999}}'),
+        "is damaged",
+    ),
+    "checksum record nested deeply": (write(CHECKSUM_FILE, b"[" * 100_000 + b"]" * 100_000), "is damaged"),
+    "load_data.json nested deeply": (write("load_data.json", b'{"a":' * 100_000 + b"1" + b"}" * 100_000), "nested"),
+    "original's dropout inf": (
+        edit_load_data(lambda meta: original_meta(meta) | {"hparams": {**ORIGINAL_HPARAMS, "dropout1": math.inf}}),
+        r"dropout1 is inf; each dropout must be a number in \[0, 1\)",
+    ),
+    "original's dropout negative": (
+        edit_load_data(lambda meta: original_meta(meta) | {"hparams": {**ORIGINAL_HPARAMS, "dropout3": -0.5}}),
+        r"dropout3 is -0.5; each dropout",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", list(BROKEN))
 def test_broken_checkpoints_are_refused_in_one_line(case, trained, trained_weights, tmp_path):
     folder = copy_checkpoint(trained["checkpoint"], tmp_path / "checkpoint")
-    if case != "checksum record damaged":
+    if not case.startswith("checksum record"):
         (folder / CHECKSUM_FILE).unlink()  # the record would refuse every changed file first
     damage, message = BROKEN[case]
     damage(folder, trained_weights)

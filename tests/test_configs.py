@@ -106,6 +106,9 @@ def test_distributed_config_uses_the_torch_launcher():
         ("hyperparameters: [1, 2]\n", "hyperparameters must be a mapping"),
         ("data: 5\n", "data must be a mapping"),
         ("hyperparameters: {a: [unclosed\n", "cannot read config"),
+        ("a: &a [*a]\n", "an anchor that contains itself"),
+        ("a: " + "[" * 40 + "]" * 40 + "\n", "nested deeper than 32 levels"),
+        ("a: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested deeper than 32 levels"),
     ],
 )
 def test_unusable_config_files_give_one_line(tmp_path, text, message):
@@ -211,3 +214,29 @@ def test_determined_local_test_mode_runs_the_trial(airbnb, tmp_path, feature_cac
     assert out.returncode == 0, out.stderr[-3000:]
     assert "The test experiment passed." in out.stdout  # Determined logs to stdout
     assert "report_validation_metrics" in out.stdout and "validation_loss" in out.stdout
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """About 1 KB of YAML that expands to 10**levels values when written out (billion laughs)."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_under_an_unknown_key_is_refused_before_any_work(tmp_path, clean_env):
+    import local_run
+
+    config = (
+        (PROJECT / "const.yaml").read_text()
+        + "unknown_extra:\n"
+        + "".join("  " + line + "\n" for line in alias_bomb().splitlines())
+    )
+    assert len(config) < 4000
+    (tmp_path / "bomb.yaml").write_text(config)
+    before = sorted(clean_env.rglob("*"))
+    args = local_run.parse_args(["--config", str(tmp_path / "bomb.yaml"), "--no-download"])
+    with pytest.raises(ConfigError, match=r"expands to more than 10,000 values") as error:
+        local_run.local_config(args)
+    assert "\n" not in str(error.value)
+    assert sorted(clean_env.rglob("*")) == before  # nothing written
+    assert read_config(PROJECT / "const.yaml") == yaml.safe_load((PROJECT / "const.yaml").read_text())

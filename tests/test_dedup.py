@@ -205,3 +205,56 @@ def test_a_folder_without_photos_is_one_clear_error(small_net, tmp_path):
     Image.new("RGB", (20, 20)).save(tmp_path / ".hidden" / "a.png")
     with pytest.raises(DataError, match=r"no photos found in .* \(1 file skipped, see above\): nothing to compare"):
         find_duplicates(small_net, tmp_path, torch.device("cpu"), recursive=True)
+
+
+def swap_for_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)  # opening it for reading, blocking, would wait for a writer forever
+
+
+@pytest.mark.parametrize("stage", ["decode", "identical bytes", "thumbnail"])
+def test_a_photo_swapped_for_a_fifo_at_any_stage_is_refused_and_nothing_hangs(
+    small_net, photo_folder, tmp_path, monkeypatch, stage
+):
+    import threading
+
+    from samespace import dedup, scoring
+
+    victim = photo_folder / "grey.png"  # byte-identical to sub/nested.png, so every stage opens it
+    # The stages in order: identical bytes (before decoding, so copies are decoded once), decode, thumbnail.
+    after = {"identical bytes": (dedup, "list_files"), "decode": (dedup, "identical_files")}
+    after["thumbnail"] = (scoring, "features_of_files")
+    module, name = after[stage]
+    real = getattr(module, name)
+
+    def then_swap(*args, **kwargs):
+        answer = real(*args, **kwargs)
+        swap_for_fifo(victim)
+        if stage == "identical bytes":  # two FIFOs share size 0, so the check would open them
+            swap_for_fifo(photo_folder / "sub" / "nested.png")
+        return answer
+
+    monkeypatch.setattr(module, name, then_swap)
+    done: dict = {}
+
+    def work() -> None:
+        result = find_duplicates(small_net, photo_folder, torch.device("cpu"), threshold=0.99, recursive=True)
+        write_outputs(result, photo_folder, tmp_path / "out", with_scores=True)
+        done["result"] = result
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), f"dedup hung on a FIFO swapped in before the {stage} stage"
+    result = done["result"]
+    reasons = {s.path.name: s.reason for s in result.unreadable}
+    identical = {tuple(result.names[m] for m in group) for group in result.identical}
+    page = (tmp_path / "out" / "report.html").read_text()
+    if stage == "decode":  # grouped as identical, then the representative gone: its copy goes with it
+        assert reasons["grey.png"] == reasons["nested.png"] == "not a regular file but a FIFO"
+        assert "grey.png" not in result.names
+    elif stage == "identical bytes":  # they join no identical group, and decoding refuses them
+        assert reasons["grey.png"] == reasons["nested.png"] == "not a regular file but a FIFO" and not identical
+    else:  # grouped as identical, then gone: the report says so instead of a preview
+        assert identical == {("grey.png", "sub/nested.png")}
+        assert page.count("no preview: not a regular file but a FIFO") == 1  # its copy still has its own

@@ -9,8 +9,10 @@ import contextlib
 import http.server
 import io
 import json
+import shutil
 import tarfile
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -155,6 +157,25 @@ def test_failed_download_leaves_nothing_behind(tmp_path, capsys):
     code = model_download.main(["--checkpoint", D, "--output", str(tmp_path)], connect=session, fetch=broken)
     assert code == 1 and "disk full" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_sigterm_during_a_download_is_one_line_and_leaves_nothing_behind(tmp_path, capsys):
+    import os
+    import signal
+
+    def terminated(checkpoint, content):
+        content.mkdir()
+        (content / "half.pth").write_text("half")
+        os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler sends
+        time.sleep(5)
+
+    session = FakeSession(checkpoints={D: FakeCheckpoint(D, 4, 0.3)})
+    code = model_download.main(["--checkpoint", D, "--output", str(tmp_path)], connect=session, fetch=terminated)
+    assert code == 130 and capsys.readouterr().err == (
+        "error: interrupted; the checkpoint being downloaded was not saved (those listed were)\n"
+    )
+    assert list(tmp_path.iterdir()) == []  # the staging folder removed
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
 
 
 def test_deleted_checkpoint_output_file_and_repeated_listing(search, tmp_path, capsys):
@@ -375,6 +396,14 @@ class FakeMaster(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if cut == "trickle":  # a byte at a time, each within the read timeout: never stalled
+            with contextlib.suppress(OSError):  # the client hangs up at its deadline
+                for offset in range(len(body)):
+                    if self.server.done.wait(0.05):
+                        break
+                    self.wfile.write(body[offset : offset + 1])
+                    self.wfile.flush()
+            return
         self.wfile.write(body if cut is None else body[:cut])
         if cut is not None:
             self.wfile.flush()
@@ -546,4 +575,50 @@ def test_real_client_a_stalled_master_ends_in_one_line_not_a_hang(master, world,
     assert download(master, world, "--checkpoint", A) == 2
     err = capsys.readouterr().err
     assert err == f"error: checkpoint {A} from the master stopped arriving (Read timed out); nothing was saved\n"
+    assert snapshot(world) == before
+
+
+def test_real_client_a_checkpoint_that_unpacks_too_large_is_refused(master, world, capsys):
+    master.serve(f"/api/v1/checkpoints/{A}", {"checkpoint": checkpoint_json(A)})
+    zeros = tarball(*GOOD, ({"name": "zeros.pth"}, bytes(4 << 20)))  # 4 MiB of zeros, about 4 KB gzipped
+    assert len(zeros) < 10_000
+    master.serve(f"/checkpoints/{A}", zeros, kind="application/gzip")
+    before = snapshot(world)
+    assert download(master, world, "--checkpoint", A, "--max-unpacked-gb", "0.001") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: checkpoint {A} from the master unpacks to more than 0.001 GiB")
+    assert err.count("\n") == 1 and "--max-unpacked-gb raises the cap" in err
+    assert snapshot(world) == before  # no staging folder left either
+    assert download(master, world, "--checkpoint", A, "--max-unpacked-gb", "0.01") == 0
+    assert (world / "out" / A / "zeros.pth").stat().st_size == 4 << 20
+    assert model_download.main(["--checkpoint", A, "--max-unpacked-gb", "0"]) == 2
+    assert "--max-unpacked-gb must be a number above 0" in capsys.readouterr().err
+
+
+def test_real_client_a_trickling_master_ends_at_the_deadline(master, world, capsys, monkeypatch):
+    monkeypatch.setattr(model_download, "DEADLINE_S", 0.5)
+    master.serve(f"/api/v1/checkpoints/{A}", {"checkpoint": checkpoint_json(A)})
+    master.serve(f"/checkpoints/{A}", tarball(*GOOD), kind="application/gzip", cut="trickle")
+    before = snapshot(world)
+    started = time.monotonic()
+    assert download(master, world, "--checkpoint", A) == 2
+    assert time.monotonic() - started < 5  # a byte each 0.05 s: the per-read timeout never fires
+    err = capsys.readouterr().err
+    assert err == f"error: checkpoint {A} from the master took longer than 0.5 s; nothing was saved\n"
+    assert snapshot(world) == before
+
+
+def test_real_client_checks_free_space_before_and_while_unpacking(master, world, capsys, monkeypatch):
+    master.serve(f"/api/v1/checkpoints/{A}", {"checkpoint": checkpoint_json(A)})
+    master.serve(f"/checkpoints/{A}", tarball(*GOOD, ({"name": "zeros.pth"}, bytes(4 << 20))), kind="application/gzip")
+    before = snapshot(world)
+    free = [model_download.FREE_SPACE_RESERVE + (1 << 20)]  # 1 MiB beyond the reserve
+    monkeypatch.setattr(model_download.shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(0, 0, free[0]))
+    assert download(master, world, "--checkpoint", A) == 2
+    err = capsys.readouterr().err
+    assert f"{A} from the master needs more than the 0.00 GiB free on" in err and err.count("\n") == 1
+    assert snapshot(world) == before
+    free[0] = model_download.FREE_SPACE_RESERVE + 100  # less than the packed size the master announces
+    assert download(master, world, "--checkpoint", A) == 2
+    assert "GiB packed, more than the 0.00 GiB free" in capsys.readouterr().err
     assert snapshot(world) == before

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -237,3 +240,47 @@ def test_thumbnails_are_upright_and_keep_the_aspect_ratio(tmp_path):
     assert pixels[2, 10, 0] > 200 and pixels[-3, 10, 2] > 200
     Image.fromarray(textured_photo(1200, 2400)).save(tmp_path / "wide.tif")  # box-reduced first
     assert photos.read_thumbnail(tmp_path / "wide.tif", 160).size == (160, 80)
+
+
+def test_open_regular_refuses_a_fifo_without_blocking_and_reads_a_file(tmp_path):
+    os.mkfifo(tmp_path / "pipe.png")
+    started = time.monotonic()
+    with pytest.raises(OSError, match="^not a regular file but a FIFO$"):
+        photos.open_regular(tmp_path / "pipe.png")  # a blocking open would wait for a writer forever
+    assert time.monotonic() - started < 5
+    with pytest.raises(OSError, match="not a regular file but a folder"):
+        photos.open_regular(tmp_path)
+    with pytest.raises(OSError, match="No such file"):
+        photos.open_regular(tmp_path / "gone.png")
+    (tmp_path / "a.bin").write_bytes(b"abc")
+    with photos.open_regular(tmp_path / "a.bin") as handle:
+        assert handle.read() == b"abc"
+    with pytest.raises(photos.UnreadablePhoto, match="pipe.png: not a regular file but a FIFO"):
+        photos.read_photo(tmp_path / "pipe.png")
+
+
+def png(width: int, height: int, rows: bytes, colour_type: int = 0, depth: int = 8) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, 0)
+    idat = chunk(b"IDAT", zlib.compress(rows, 9))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + idat + chunk(b"IEND", b"")
+
+
+def test_a_png_whose_data_ends_after_one_row_is_refused_as_truncated(tmp_path):
+    # 13000 x 13000 declared, one row of white given: PIL decodes it without error (the deflate
+    # stream is complete), every other row blank.
+    bomb = png(13000, 13000, b"\x00" + b"\xff" * 13000)
+    assert len(bomb) < 200
+    (tmp_path / "bomb.png").write_bytes(bomb)
+    with pytest.raises(photos.UnreadablePhoto, match=r"bomb.png: truncated: too little image data for 13000x13000"):
+        photos.read_photo(tmp_path / "bomb.png")
+    # A complete flat PNG compresses about as well as deflate allows, and still reads.
+    flat = png(2000, 2000, (b"\x00" + b"\xff" * 2000) * 2000)
+    (tmp_path / "flat.png").write_bytes(flat)
+    assert len(flat) * photos.DEFLATE_MAX_RATIO < 3 * 2000 * 2001  # within 3x of the bound
+    assert (photos.read_photo(tmp_path / "flat.png") == 255).all()
