@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from samespace import features, pairs, photos, transforms
-from samespace.errors import DataError, first_line
+from samespace.errors import DataError, first_line, plural
 from samespace.photos import IMAGE_SIZE, Skipped
 from samespace.settings import DATA_DIR_ENV, DEFAULT_DATA_DIR, DataSettings, resolve_data_dir
 
@@ -265,11 +265,11 @@ def load_pairs(settings: DataSettings, split_name: str, data_dir: Path | None = 
         sampler=settings.sampler,
     )
     logger.info(
-        "%s: %d photos of %d rooms, %d pairs (%d positive)",
+        "%s: %s of %s, %s (%d positive)",
         split_name,
-        len(split),
-        len(np.unique(split.rooms)),
-        len(pair_set),
+        plural(len(split), "photo"),
+        plural(len(np.unique(split.rooms)), "room"),
+        plural(len(pair_set), "pair"),
         pair_set.positives,
     )
     return split, pair_set

@@ -1,14 +1,16 @@
 """Use a trained SameSpace checkpoint: evaluate it, compare two photos, find duplicate photos.
 
     python model_inference.py evaluate CHECKPOINT [--data-dir DIR] [--output DIR]
-    python model_inference.py compare CHECKPOINT A.jpg B.jpg
-    python model_inference.py dedup CHECKPOINT FOLDER [--threshold 0.5] [--recursive] [--output DIR] [--scores]
+    python model_inference.py compare CHECKPOINT A.jpg B.jpg [--threshold 0.5 | --threshold-from evaluation.json]
+    python model_inference.py dedup CHECKPOINT FOLDER [--threshold 0.5 | --threshold-from evaluation.json]
+        [--keep largest|newest|oldest|first] [--recursive] [--include-hidden] [--output DIR] [--scores]
     python model_inference.py dedup --method phash FOLDER [--threshold 10]   # imagededup's hash, no checkpoint
 
 CHECKPOINT is a checkpoint folder (from ``model_download.py``, a local run, or the original's
 published checkpoint) or a bare checkpoint UUID (looked up locally). Everything runs in
 eval mode, batched, on the GPU when there is one (``--device cpu`` to force, before or after the
-subcommand). dedup only reads the photos: it never deletes, moves or rewrites one.
+subcommand). dedup only reads the photos: it never deletes, moves or rewrites one; to_remove.json
+lists the files a user may delete, all but the kept one of each group.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ EXACT_LIMIT = 50_000
 PREPROCESSING_CHOICES = ("auto", "ours", "original")  # samespace.checkpoints.PREPROCESSING_CHOICES
 HASH_METHODS = ("phash", "dhash", "whash", "ahash")  # samespace.baselines.hashes.METHODS
 HASH_DISTANCE = 10  # samespace.baselines.hashes.DEFAULT_DISTANCE: imagededup's default, in bits
+KEEP_RULES = ("largest", "newest", "oldest", "first")  # samespace.groups.KEEP_RULES
+THRESHOLD_FROM_HELP = "the best-F1 threshold from the evaluation.json that `evaluate` wrote (instead of --threshold)"
 
 
 def output_folder(
@@ -162,6 +166,7 @@ def run_compare(args: argparse.Namespace) -> None:
 
     from samespace import photos
 
+    resolve_threshold(args)  # a bad evaluation.json is one line before any work
     # The photos first (no torch needed): a bad one, or a FIFO (never opened), is one line at once.
     # draft: JPEG decoding at a reduced scale, fine for inference (training decodes exactly).
     pixels = np.stack([photos.read_photo(path, draft=True) for path in (args.first, args.second)])
@@ -175,7 +180,8 @@ def run_compare(args: argparse.Namespace) -> None:
         logger.warning(warning)
     result = evaluation.compare(net, photos.as_tensor(pixels), device, engine_name=args.engine)
     print(
-        f"{result['probability']:.4f}  P(same space) of {printable(args.first.name)} and "
+        f"{result['probability']:.4f}  {verdict(result['probability'], args.threshold)} at threshold "
+        f"{args.threshold:g}  P(same space) of {printable(args.first.name)} and "
         f"{printable(args.second.name)} (A->B {result['a_then_b']:.4f}, B->A {result['b_then_a']:.4f})"
     )
 
@@ -190,16 +196,31 @@ def run_hash_dedup(args: argparse.Namespace) -> None:
     output = output_folder(args, default, scanned=args.folder)
     bits = int(args.threshold)
     result = dedup.find_hash_duplicates(
-        args.folder, args.method, max_distance=bits, recursive=args.recursive, exclude=output
+        args.folder, args.method, max_distance=bits, recursive=args.recursive, exclude=output,
+        keep=args.keep, include_hidden=args.include_hidden,
     )
     label = f"{args.method} (imagededup 0.3.3; score 1 - Hamming/64, duplicate at <= {bits} bits)"
-    dedup.write_outputs(result, args.folder, output, args.scores, checkpoint=label)
+    dedup.write_outputs(result, args.folder, output, args.scores, checkpoint=label, keep=args.keep)
     print(
         f"{plural(len(result.names), 'photo')}, {plural(len(result.groups()), 'duplicate group')}, "
         f"{plural(len(result.duplicate_pairs[0]), 'duplicate pair')} within {bits} bits by {args.method} "
         f"({plural(len(result.unreadable), 'file')} skipped)"
     )
     print(f"report: {printable(str(output / 'report.html'))}  map: {printable(str(output / 'duplicates.json'))}")
+def resolve_threshold(args: argparse.Namespace) -> str:
+    """Sets ``args.threshold`` from ``--threshold-from`` when given; returns where it came from."""
+    if getattr(args, "threshold_from", None) is None:
+        return "--threshold"
+    from samespace import evaluation
+
+    args.threshold, source = evaluation.threshold_from(args.threshold_from)
+    logger.info("threshold %.4f: %s", args.threshold, source)
+    return source
+
+
+def verdict(probability: float, threshold: float) -> str:
+    """What a probability means at ``threshold``: dedup's rule (duplicate when >= threshold)."""
+    return "same space" if probability >= threshold else "different spaces"
 
 
 def run_dedup(args: argparse.Namespace) -> None:
@@ -209,7 +230,12 @@ def run_dedup(args: argparse.Namespace) -> None:
     if not args.folder.is_dir():
         raise DataError(f"not a folder: {printable(str(args.folder))}")
     if args.method != "samespace":
+        if args.threshold_from is not None:
+            raise DataError(
+                "--threshold-from holds a P(same space) threshold: with a hash --method, give --threshold in bits"
+            )
         return run_hash_dedup(args)
+    source = resolve_threshold(args)
     device = scoring.resolve_device(args.device)
     default = Path("samespace-outputs") / f"dedup-{args.folder.resolve().name}"
     output = output_folder(args, default, inputs=[Path(args.checkpoint)], scanned=args.folder)
@@ -228,16 +254,30 @@ def run_dedup(args: argparse.Namespace) -> None:
         index=args.index,
         exclude=output,
         engine_name=args.engine,
+        keep=args.keep,
+        include_hidden=args.include_hidden,
     )
-    dedup.write_outputs(result, args.folder, output, args.scores, checkpoint=Path(args.checkpoint).resolve().name)
-    identical = int((result.duplicate_reasons == dedup.IDENTICAL).sum())
+    summary = dedup.write_outputs(
+        result,
+        args.folder,
+        output,
+        args.scores,
+        checkpoint=Path(args.checkpoint).resolve().name,
+        warnings=[warning] if warning else [],
+        keep=args.keep,
+        threshold_source=source,
+    )
     print(
-        f"{plural(len(result.names), 'photo')}, {plural(len(result.groups()), 'duplicate group')}, "
-        f"{plural(len(result.duplicate_pairs[0]), 'duplicate pair')} at >= {args.threshold} "
-        f"({identical} of them byte-identical; {plural(result.head_evaluations, 'head evaluation')}; "
+        f"{plural(len(result.names), 'photo')}, {plural(summary['groups'], 'duplicate group')}, "
+        f"{plural(summary['duplicate pairs'], 'duplicate pair')} at >= {args.threshold} "
+        f"({summary['identical copies']} of them byte-identical; {plural(result.head_evaluations, 'head evaluation')}; "
         f"{plural(len(result.unreadable), 'file')} skipped)"
     )
-    print(f"report: {printable(str(output / 'report.html'))}  map: {printable(str(output / 'duplicates.json'))}")
+    print(
+        f"report: {printable(str(output / 'report.html'))}  map: {printable(str(output / 'duplicates.json'))}  "
+        f"{plural(summary['to remove'], 'file')} to remove, kept by {args.keep}: "
+        f"{printable(str(output / 'to_remove.json'))} (nothing was deleted)"
+    )
 
 
 def number(text: str) -> float:
@@ -246,6 +286,14 @@ def number(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
+
+
+def probability(text: str) -> float:
+    """A number from 0 to 1 (also refuses nan)."""
+    value = number(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
+    return value
 
 
 def check_dedup_threshold(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -312,6 +360,11 @@ def build_parser() -> Parser:
     cmp.add_argument("checkpoint", help=checkpoint_help)
     cmp.add_argument("first", type=Path, help="a photo file")
     cmp.add_argument("second", type=Path, help="another photo file")
+    chosen = cmp.add_mutually_exclusive_group()
+    chosen.add_argument(
+        "--threshold", type=probability, default=0.5, help="verdict 'same space' when P(same space) >= this (0.5)"
+    )
+    chosen.add_argument("--threshold-from", type=Path, metavar="EVALUATION_JSON", help=THRESHOLD_FROM_HELP)
 
     dd = commands.add_parser("dedup", parents=[device_option], help="groups of duplicate photos in a folder")
     dd.set_defaults(func=run_dedup)
@@ -323,14 +376,19 @@ def build_parser() -> Parser:
         default="samespace",
         help="the checkpoint (default), or imagededup 0.3.3's perceptual hash (no checkpoint)",
     )
-    dd.add_argument(
+    chosen = dd.add_mutually_exclusive_group()
+    chosen.add_argument(
         "--threshold",
         type=number,
         default=None,
         help=f"samespace: duplicate when P(same space) >= this (default 0.5); "
         f"a hash: when at most this many of 64 bits differ (default {HASH_DISTANCE})",
     )
+    chosen.add_argument("--threshold-from", type=Path, metavar="EVALUATION_JSON", help=THRESHOLD_FROM_HELP)
     dd.add_argument("--recursive", action="store_true", help="include subfolders")
+    dd.add_argument(
+        "--include-hidden", action="store_true", help="include hidden (.name) subfolders, skipped by default"
+    )
     dd.add_argument("--output", help="report folder (default: samespace-outputs/dedup-<folder>)")
     dd.add_argument("--scores", action="store_true", help="duplicates.json lists [duplicate, score] pairs")
     dd.add_argument(
@@ -350,6 +408,13 @@ def build_parser() -> Parser:
             f"neighbour search: exact up to {EXACT_LIMIT:,} photos, faiss HNSW above (auto); "
             "ivfpq: compressed faiss index, about 200 B a photo"
         ),
+    )
+    dd.add_argument(
+        "--keep",
+        choices=KEEP_RULES,
+        default="largest",
+        help="the file each group keeps (to_remove.json lists the others; nothing is deleted): largest "
+        "(resolution, then file size, then name; default), newest, oldest, first (by name)",
     )
     dd.add_argument("--force", action="store_true", help="overwrite reports in a non-empty output folder")
     return parser

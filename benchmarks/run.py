@@ -435,6 +435,46 @@ def bench_report_html(n: int = 10_000) -> None:
         target("report_html_load", f"{load:.2f} s", "< 3 s", load < 3)
 
 
+COPIES_SCRIPT = """
+import resource, sys, time
+from pathlib import Path
+import numpy as np, torch
+from PIL import Image
+from samespace import network
+from samespace.dedup import find_duplicates, write_outputs
+folder, out, n = Path(sys.argv[1]) / "photos", Path(sys.argv[1]) / "out", int(sys.argv[2])
+folder.mkdir()
+Image.fromarray(np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)).save(folder / "c0.jpg")
+for k in range(1, n):
+    (folder / f"c{k}.jpg").write_bytes((folder / "c0.jpg").read_bytes())
+net = network.SiameseNet(pretrained=False).eval()
+started = time.perf_counter()
+write_outputs(find_duplicates(net, folder, torch.device("cpu")), folder, out, False)
+seconds = time.perf_counter() - started
+print(seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, sum(p.stat().st_size for p in out.iterdir()))
+"""
+
+
+def bench_identical_copies(n: int = 10_000) -> None:
+    """Copies of one photo cost O(copies) (issue 15): dedup and its outputs in a subprocess, so
+    that its peak RSS is its own (torch included)."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env_root = str(Path(__file__).resolve().parents[1])
+        done = subprocess.run(
+            [sys.executable, "-c", COPIES_SCRIPT, tmp, str(n)], capture_output=True, text=True, cwd=env_root
+        )
+    if done.returncode != 0:
+        target("dedup_10000_copies_seconds", "not measured: " + done.stderr.strip()[-200:], "< 60 s", False)
+        return
+    seconds, peak, written = (float(v) for v in done.stdout.split()[-3:])
+    measured = f"{seconds:.1f} s, {peak / 2**30:.2f} GiB, {written / 1e6:.1f} MB"
+    row("dedup", f"{n:,} copies of one photo: time, peak RSS, outputs", measured)
+    target("dedup_10000_copies_seconds", f"{seconds:.1f} s", "< 60 s", seconds < 60)
+    target("dedup_10000_copies_peak_rss", f"{peak / 2**30:.2f} GiB", "< 1 GiB", peak < 2**30)
+
+
 def _pairs_of(members: np.ndarray):
     return [(int(a), int(b)) for i, a in enumerate(members) for b in members[i + 1 :]]
 
@@ -717,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
             dedup[10_000]["kept"] >= 0.99,
         )
         bench_report_html()
+        bench_identical_copies()
     if "cpu" in sections:
         bench_cpu(args.quick, args.imagededup_python)
     if "gpu" in sections:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from samespace import candidates, photos, reports, scoring
+from samespace import groups as groups_module
 from samespace.baselines import hashes
 from samespace.errors import DataError, plural, printable
 from samespace.network import SiameseNet
@@ -41,28 +42,29 @@ class Dedup:
     trunk_images: int = 0
     unreadable: list[Skipped] = dataclasses.field(default_factory=list)
     reasons: np.ndarray | None = None  # per scored pair: MODEL or IDENTICAL
+    identical: list[list[int]] = dataclasses.field(default_factory=list)  # byte-identical groups
+    ranks: np.ndarray | None = None  # per photo, its rank to be kept (0 first); None: name order
+    facts: dict[int, groups_module.PhotoFacts] = dataclasses.field(default_factory=dict)  # photos in duplicates
 
     def __post_init__(self) -> None:
         if self.reasons is None:
             self.reasons = np.full(len(self.scores), MODEL, dtype=object)
 
     def mark_identical(self, groups: list[list[int]]) -> None:
-        """Byte-identical photos are duplicates whatever the model says: their pairs get score
-        1.0 and reason IDENTICAL (added when the candidate search did not propose them)."""
-        pairs = [(a, b) for group in groups for i, a in enumerate(group) for b in group[i + 1 :]]
-        if not pairs:
-            return
-        n = len(self.names)
-        wanted = np.unique([min(a, b) * n + max(a, b) for a, b in pairs])
-        scored = self.first.astype(np.int64) * n + self.second
-        hit = np.isin(scored, wanted)
+        """Byte-identical photos are duplicates whatever the model says. Their groups are kept
+        as groups (O(copies), never expanded into pairs); a pair of them that was scored anyway
+        gets score 1.0 and reason IDENTICAL."""
+        self.identical = [list(group) for group in groups if len(group) > 1]
+        unit = groups_module.units_of(len(self.names), self.identical)
+        hit = (unit[self.first] >= 0) & (unit[self.first] == unit[self.second])
         self.scores = np.where(hit, 1.0, self.scores).astype(self.scores.dtype)
         self.reasons = np.where(hit, IDENTICAL, self.reasons).astype(object)
-        extra = wanted[~np.isin(wanted, scored)]
-        self.first = np.concatenate([self.first, extra // n]).astype(self.first.dtype)
-        self.second = np.concatenate([self.second, extra % n]).astype(self.second.dtype)
-        self.scores = np.concatenate([self.scores, np.ones(len(extra), self.scores.dtype)])
-        self.reasons = np.concatenate([self.reasons, np.full(len(extra), IDENTICAL, dtype=object)])
+
+    def identical_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each identical group as a star: its first file against each of its other copies."""
+        first = [group[0] for group in self.identical for _ in group[1:]]
+        second = [member for group in self.identical for member in group[1:]]
+        return np.array(first, dtype=np.int64), np.array(second, dtype=np.int64)
 
     @property
     def duplicate_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,9 +82,15 @@ class Dedup:
         return self.reasons[self.is_duplicate]
 
     def duplicates(self, with_scores: bool = False) -> dict[str, list]:
-        """imagededup's format: every photo mapped to its duplicates (with scores, best first)."""
+        """imagededup's format: every photo mapped to its duplicates (with scores, best first).
+        An identical group is listed as a star (its first file and each copy), so the map grows
+        with the number of copies, not with its square."""
         found: dict[str, list] = {name: [] for name in self.names}
-        for a, b, score in zip(*self.duplicate_pairs):
+        model = self.duplicate_reasons == MODEL
+        a, b, s = (column[model] for column in self.duplicate_pairs)
+        same_a, same_b = self.identical_pairs()
+        pairs = zip(np.concatenate([a, same_a]), np.concatenate([b, same_b]), np.concatenate([s, np.ones(len(same_a))]))
+        for a, b, score in pairs:
             found[self.names[a]].append((self.names[b], round(float(score), 6)))
             found[self.names[b]].append((self.names[a], round(float(score), 6)))
         for name, hits in found.items():
@@ -91,21 +99,11 @@ class Dedup:
         return found
 
     def groups(self) -> list[list[int]]:
-        """Connected groups of duplicates (two or more photos), largest first."""
-        parent = list(range(len(self.names)))
-
-        def root(x: int) -> int:
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
-        for a, b, _ in zip(*self.duplicate_pairs):
-            parent[root(int(a))] = root(int(b))
-        members: dict[int, list[int]] = {}
-        for index in range(len(self.names)):
-            members.setdefault(root(index), []).append(index)
-        return sorted((m for m in members.values() if len(m) > 1), key=lambda m: (-len(m), m[0]))
+        """Duplicate groups (two or more photos), largest first, each a star: the kept photo
+        first (lowest ``ranks``), then photos that are duplicates of that photo itself."""
+        ranks = self.ranks if self.ranks is not None else np.arange(len(self.names))
+        a, b, _ = self.duplicate_pairs
+        return groups_module.star_groups(len(self.names), a, b, self.identical, ranks)
 
 
 def score_embeddings(
@@ -144,10 +142,14 @@ class Listing:
     subfolders: list[Path]
 
 
-def list_files(folder: Path, recursive: bool, exclude: Path | None = None) -> Listing:
+def list_files(
+    folder: Path, recursive: bool, exclude: Path | None = None, include_hidden: bool = False
+) -> Listing:
     """The regular files of ``folder`` (and its subfolders when ``recursive``), sorted, minus
-    ``exclude``. Nothing is opened here: FIFOs, sockets, broken links, links to folders and
-    folders that cannot be listed are returned as skipped, never read (a FIFO blocks forever)."""
+    ``exclude`` and, unless ``include_hidden``, hidden subfolders (``.name``: caches such as the
+    ``.samespace-cache`` that evaluate writes hold no photos of the user's).
+    Nothing is opened here: FIFOs, sockets, broken links, links to folders and folders that cannot
+    be listed are returned as skipped, never read (a FIFO blocks forever)."""
     files: list[Path] = []
     skipped: list[Skipped] = []
     subfolders: list[Path] = []
@@ -158,6 +160,8 @@ def list_files(folder: Path, recursive: bool, exclude: Path | None = None) -> Li
 
     for root, dirs, names in os.walk(folder, onerror=unlistable):
         here = Path(root)
+        if not include_hidden:
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
         if not recursive:
             subfolders += [here / d for d in sorted(dirs)]
             dirs.clear()
@@ -211,15 +215,28 @@ def log_skipped(skipped: list[Skipped], folder: Path, shown: int = 10) -> None:
         logger.warning("skipped %d more files (all listed in the report)", len(skipped) - shown)
 
 
-def require_photos_here(kept: list[int], listing: Listing, folder: Path) -> None:
-    """No photo read, but the subfolders a non-recursive listing left out hold files: say so."""
-    if not kept and listing.subfolders:
+def require_photos_here(kept: list[int], listing: Listing, folder: Path, skipped: list[Skipped]) -> None:
+    """No photo read: say whether the subfolders a non-recursive listing left out hold files, or
+    that the folder has no photos at all (never a report saying 'no duplicates')."""
+    if kept:
+        return
+    if listing.subfolders:
         nested = count_files(listing.subfolders)
         if nested:
             raise DataError(
                 f"no photos directly in {printable(str(folder))}, but its subfolders hold {plural(nested, 'file')}: "
                 "pass --recursive to include them"
             )
+    unread = f" ({plural(len(skipped), 'file')} skipped, see above)" if skipped else ""
+    raise DataError(f"no photos found in {printable(str(folder))}{unread}: nothing to compare")
+
+
+def rank_for_keeping(result: Dedup, paths: list[Path], keep: str) -> None:
+    """Facts (resolution, size, date) of the photos in duplicates, and the rank each is kept by."""
+    a, b, _ = result.duplicate_pairs  # facts of photos in duplicates only: a header and a stat each
+    involved = set(a.tolist()) | set(b.tolist()) | {m for group in result.identical for m in group}
+    result.facts = {m: groups_module.facts_of(paths[m]) for m in sorted(involved)}
+    result.ranks = groups_module.keep_ranks(result.facts, len(paths), keep)
 
 
 def find_hash_duplicates(
@@ -229,6 +246,8 @@ def find_hash_duplicates(
     max_distance: int = hashes.DEFAULT_DISTANCE,
     recursive: bool = False,
     exclude: Path | None = None,
+    keep: str = "largest",
+    include_hidden: bool = False,
 ) -> Dedup:
     """Duplicate photos by imagededup's ``method`` hash instead of the network: every pair within
     ``max_distance`` bits (brute force, as imagededup), and byte-identical files always. A pair's
@@ -236,11 +255,11 @@ def find_hash_duplicates(
     only the pairs within it are kept (all pairs of a large folder would not fit in memory)."""
     if not folder.is_dir():
         raise DataError(f"not a folder: {folder}")
-    listing = list_files(folder, recursive, exclude)
+    listing = list_files(folder, recursive, exclude, include_hidden)
     found, kept, unreadable = hashes.file_hashes(listing.files, method)
     skipped = sorted(listing.skipped + unreadable, key=lambda s: s.path)
     log_skipped(skipped, folder)
-    require_photos_here(kept, listing, folder)
+    require_photos_here(kept, listing, folder, skipped)
     paths = [listing.files[i] for i in kept]
     names = [path.relative_to(folder).as_posix() for path in paths]
     a, b, distances = hashes.close_pairs(hashes.as_integers(found), max_distance)
@@ -248,6 +267,7 @@ def find_hash_duplicates(
     result = Dedup(names, a, b, hashes.similarity(distances), threshold, f"{method} <= {max_distance} bits", 0)
     result.mark_identical(identical_files(paths))
     result.unreadable = skipped
+    rank_for_keeping(result, paths, keep)
     return result
 
 
@@ -262,6 +282,8 @@ def find_duplicates(
     neighbours: int = 20,
     index: str = "auto",
     exclude: Path | None = None,
+    keep: str = "largest",
+    include_hidden: bool = False,
     engine_name: str = "torch",
 ) -> Dedup:
     """Duplicate photos in ``folder``: pairs the model scores at or above ``threshold``, and
@@ -269,30 +291,70 @@ def find_duplicates(
     entries that are not regular files are listed, not fatal."""
     if not folder.is_dir():
         raise DataError(f"not a folder: {folder}")
-    listing = list_files(folder, recursive, exclude)
+    listing = list_files(folder, recursive, exclude, include_hidden)
     # bfloat16 trunk on CUDA, where it scores alike; engine_name: onnxruntime on the CPU (engine.py)
     embedder = scoring.Embedder(net, device, autocast=True, engine_name=engine_name)
-    trunk_features, kept, unreadable = scoring.features_of_files(embedder, listing.files)
+    # Byte-identical copies first: only one of each group is decoded and scored (O(copies)).
+    identical = identical_files(listing.files)
+    scored = groups_module.representatives(len(listing.files), identical)
+    trunk_features, decoded, unreadable = scoring.features_of_files(embedder, [listing.files[i] for i in scored])
+    copies_of = {group[0]: group[1:] for group in identical}
+    lost = set(scored) - {scored[i] for i in decoded}
+    reason_of = {entry.path: entry.reason for entry in unreadable}
+    unreadable += [  # a copy of an unreadable file is unreadable for the same reason
+        Skipped(listing.files[c], reason_of.get(listing.files[position], "unreadable"))
+        for position in sorted(lost)
+        for c in copies_of.get(position, [])
+    ]
     skipped = sorted(listing.skipped + unreadable, key=lambda s: s.path)
     log_skipped(skipped, folder)
-    require_photos_here(kept, listing, folder)
+    kept_reps = [scored[i] for i in decoded]
+    require_photos_here(kept_reps, listing, folder, skipped)
+    kept = sorted(kept_reps + [c for r in kept_reps for c in copies_of.get(r, [])])
+    index_of = {position: k for k, position in enumerate(kept)}
     paths = [listing.files[i] for i in kept]
     names = [path.relative_to(folder).as_posix() for path in paths]
     first, second = embedder.embed(trunk_features)
     result = score_embeddings(
-        first, second, net.head, names, threshold=threshold, search=search, neighbours=neighbours, index=index
+        first, second, net.head, [names[index_of[r]] for r in kept_reps],
+        threshold=threshold, search=search, neighbours=neighbours, index=index,
     )
-    result.mark_identical(identical_files(paths))
+    rep_index = np.array([index_of[r] for r in kept_reps], dtype=np.int64)
+    result.names = names  # pairs of representatives, renumbered among all photos
+    result.first, result.second = rep_index[result.first], rep_index[result.second]
+    result.mark_identical([[index_of[r]] + [index_of[c] for c in copies_of[r]] for r in kept_reps if r in copies_of])
     result.trunk_images, result.unreadable = embedder.trunk_images, skipped
+    rank_for_keeping(result, paths, keep)
     return result
 
 
-def write_outputs(result: Dedup, folder: Path, output: Path, with_scores: bool, checkpoint: str | None = None) -> dict:
-    """``duplicates.json``, ``pairs.csv``, ``report.html`` and ``summary.json`` in ``output``, each
-    written whole or not at all; returns the summary. ``checkpoint`` names the model in the reports."""
+def report_pairs(result: Dedup) -> tuple[dict[tuple[int, int], float], set[tuple[int, int]]]:
+    """The pairs a report shows: model duplicates with their scores, and each identical group as
+    a star (first file, copy), with the set of those identical pairs to label them apart."""
+    model = result.duplicate_reasons == MODEL
+    pair_scores = {(int(a), int(b)): float(s) for a, b, s in zip(*(c[model] for c in result.duplicate_pairs))}
+    identical = set(zip(*(c.tolist() for c in result.identical_pairs())))
+    pair_scores.update(dict.fromkeys(identical, 1.0))
+    return pair_scores, identical
+
+
+def write_outputs(
+    result: Dedup,
+    folder: Path,
+    output: Path,
+    with_scores: bool,
+    checkpoint: str | None = None,
+    warnings: list[str] | None = None,
+    keep: str = "largest",
+    threshold_source: str | None = None,
+) -> dict:
+    """``duplicates.json``, ``to_remove.json``, ``pairs.csv``, ``report.html`` and ``summary.json``
+    in ``output``, each written whole or not at all; returns the summary. ``checkpoint`` names the
+    model in the reports; ``warnings`` (about the checkpoint) go into the summary and a banner."""
     reports.prepare_output(output, force=True)  # the caller checked it before the work
     groups = result.groups()
-    pair_scores = {(int(a), int(b)): float(s) for a, b, s in zip(*result.duplicate_pairs)}
+    pair_scores, identical = report_pairs(result)
+    removable = groups_module.to_remove(groups, result.names)
     summary = {
         **({"checkpoint": checkpoint} if checkpoint else {}),
         "photos": len(result.names),
@@ -301,16 +363,29 @@ def write_outputs(result: Dedup, folder: Path, output: Path, with_scores: bool, 
         "duplicate pairs": len(pair_scores),
         "skipped files": len(result.unreadable),
         "threshold": round(float(result.threshold), 4),
+        **({"threshold from": threshold_source} if threshold_source else {}),
         "search": result.search,
         "scored pairs": int(len(result.scores)),
         "head evaluations": result.head_evaluations,
+        "identical copies": sum(len(group) - 1 for group in result.identical),
+        "to remove": len(removable),
+        "kept by": keep,
     }
     reports.write_json(output / "duplicates.json", result.duplicates(with_scores))
-    reports.write_pairs_csv(output / "pairs.csv", result.names, result.first, result.second, result.scores)
+    reports.write_json(output / "to_remove.json", removable)
+    reports.write_pairs_csv(
+        output / "pairs.csv", result.names, result.first, result.second, result.scores, result.identical
+    )
     reports.write_dedup_html(
-        output / "report.html", folder, result.names, groups, pair_scores, result.unreadable, summary
+        output / "report.html", folder, result.names, groups, pair_scores, result.unreadable, summary,
+        identical=identical, warnings=warnings or [], details=groups_module.describe(result.facts),
     )
     reports.write_json(
-        output / "summary.json", {**summary, "skipped": [f"{s.path}: {s.reason}" for s in result.unreadable]}
+        output / "summary.json",
+        {
+            **summary,
+            "warnings": list(warnings or []),
+            "skipped": [f"{s.path}: {s.reason}" for s in result.unreadable],
+        },
     )
     return summary

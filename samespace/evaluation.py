@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from samespace import metrics, scoring, transforms
+from samespace import metrics, photos, scoring, transforms
+from samespace.errors import DataError, first_line, printable
 from samespace.network import SiameseNet
 from samespace.pairs import PairSet
 
@@ -66,3 +71,35 @@ def compare(
     scorer = scoring.PairScorer(net.head, *embedder.embed(embedder.backbone(images)))
     forward, backward = torch.sigmoid(scorer.logits(np.array([0, 1]), np.array([1, 0]))).tolist()
     return {"probability": (forward + backward) / 2, "a_then_b": forward, "b_then_a": backward}
+
+
+EVALUATION_LIMIT = 16 * 2**20  # bytes: an evaluation.json is a few KB; anything far larger is not one
+
+
+def threshold_from(path: Path) -> tuple[float, str]:
+    """The best-F1 threshold that ``evaluate`` chose (on all distinct pairs of the Test Data) from
+    its ``evaluation.json``, and a line saying where it came from. Raises ``DataError`` (one line)."""
+    where = printable(str(path))
+    problem = photos.not_a_regular_file(path)
+    if problem:
+        raise DataError(f"--threshold-from {where}: {problem}")
+    try:
+        with photos.open_regular(path) as handle:  # a FIFO swapped in after the check cannot block
+            text = handle.read(EVALUATION_LIMIT + 1)
+        if len(text) > EVALUATION_LIMIT:
+            limit = EVALUATION_LIMIT >> 20
+            raise DataError(f"--threshold-from {where}: larger than {limit} MB, not an evaluation.json")
+        report = json.loads(text)
+    except (OSError, ValueError, RecursionError) as exc:
+        raise DataError(f"--threshold-from {where}: not a readable evaluation.json ({first_line(exc)})") from None
+    best = report.get("all_distinct_pairs", {}) if isinstance(report, dict) else None
+    best = best.get("at_best_f1") if isinstance(best, dict) else None
+    value = best.get("threshold") if isinstance(best, dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value <= 1.0:
+        raise DataError(
+            f"--threshold-from {where}: no best-F1 threshold in it (all_distinct_pairs.at_best_f1.threshold); "
+            "use the evaluation.json that `model_inference.py evaluate` writes, or pass --threshold"
+        )
+    f1 = best.get("f1")
+    score = f" {f1:.4f}" if isinstance(f1, float) and math.isfinite(f1) else ""
+    return float(value), f"best F1{score} on all distinct test pairs, {where}"

@@ -10,7 +10,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 NO_PAIRS = "no pairs to measure (the split needs at least two photos)"
-ONE_CLASS = "needs both same-room and different-room pairs (the split needs at least two rooms)"
+ONE_CLASS = "both same-room and different-room pairs (the split needs at least two rooms)"
 
 
 def bce_with_logits(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -41,7 +41,7 @@ def pair_metrics(logits: np.ndarray, labels: np.ndarray, prefix: str = "") -> di
         f"{prefix}auc": float(skm.roc_auc_score(labels, logits)) if both_classes(labels) else None,
     }
     if result[f"{prefix}auc"] is None:
-        result[f"{prefix}why_null"] = "ROC-AUC " + ONE_CLASS
+        result[f"{prefix}why_null"] = "ROC-AUC needs " + ONE_CLASS
     return result
 
 
@@ -80,5 +80,6 @@ def score_report(labels: np.ndarray, probabilities: np.ndarray) -> dict:
         report["pr_auc"] = float(skm.average_precision_score(labels, probabilities))
         report["at_best_f1"] = threshold_metrics(labels, probabilities, best_f1_threshold(labels, probabilities))
     else:
-        report |= {"roc_auc": None, "pr_auc": None, "at_best_f1": None, "why_null": "ROC-AUC and PR-AUC " + ONE_CLASS}
+        why = "ROC-AUC and PR-AUC need " + ONE_CLASS
+        report |= {"roc_auc": None, "pr_auc": None, "at_best_f1": None, "why_null": why}
     return report

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from samespace import console, transforms
+from samespace.errors import plural
 
 logger = logging.getLogger("samespace.pairs")
 
@@ -189,7 +190,11 @@ def build_pairs(
     available = negative_candidates(rooms)
     count = len(positives)
     if available < count:
-        logger.warning("only %d negative pairs for %d positives: taking all of them", available, count)
+        if available:
+            have, need = plural(available, "negative pair"), plural(count, "positive")
+            logger.warning("only %s for %s: taking all of them", have, need)
+        else:
+            logger.warning("no negative pairs for %s: all photos show one room", plural(count, "positive"))
         count = available
     flat = SAMPLERS[sampler](rooms, hashes, count, seed=seed) if count else np.empty(0, np.int64)
     n = len(rooms)

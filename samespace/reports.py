@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from PIL import features as pil_features
 
-from samespace.errors import OutputError, first_line, printable
+from samespace.errors import OutputError, first_line, plural, printable
 from samespace.photos import Skipped, read_thumbnail
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ GROUPS_PER_PAGE = 50  # groups on each collapsible "page" of the report; the fir
 PHOTOS_PER_PAGE = 300  # and about this many photos at most, so the first page loads fast
 EAGER_PHOTOS = 60  # photos a group shows at once; the rest behind "more photos"
 MAX_PAIR_ROWS = 50  # pairs listed per group; pairs.csv has them all
+IDENTICAL_LABEL = "identical file"  # a byte-identical pair: no model score involved
 # A spreadsheet runs a cell that begins with one of these as a formula (OWASP "CSV injection").
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -113,18 +114,27 @@ def csv_cell(name: str) -> str:
 
 
 def write_pairs_csv(
-    path: Path, names: Sequence[str], first: np.ndarray, second: np.ndarray, scores: np.ndarray
+    path: Path,
+    names: Sequence[str],
+    first: np.ndarray,
+    second: np.ndarray,
+    scores: np.ndarray,
+    identical: Sequence[Sequence[int]] = (),
 ) -> Path:
-    """Scored pairs, best first: ``first,second,score``. UTF-8; a name's bytes that are not UTF-8
-    are written as they are (surrogateescape), so the cells hold the file names' exact bytes; names
-    that a spreadsheet would run as formulas are quoted with ``'`` (``csv_cell``)."""
+    """Scored pairs, best first, then each byte-identical group once:
+    ``first,second,score,reason,files`` (an identical group: its first two files, score 1, reason
+    ``identical file`` and its number of files, so k copies cost one row, not k(k-1)/2). UTF-8; a
+    name's bytes that are not UTF-8 are written as they are (surrogateescape), so the cells hold the
+    file names' exact bytes; names a spreadsheet would run as formulas are quoted (``csv_cell``)."""
     order = np.argsort(-scores, kind="stable")
     cells = [csv_cell(name) for name in names]
     with atomic_write(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["first", "second", "score"])
+        writer.writerow(["first", "second", "score", "reason", "files"])
         for k in order:
-            writer.writerow([cells[first[k]], cells[second[k]], f"{scores[k]:.6f}"])
+            writer.writerow([cells[first[k]], cells[second[k]], f"{scores[k]:.6f}", "model score", 2])
+        for group in identical:
+            writer.writerow([cells[group[0]], cells[group[1]], f"{1.0:.6f}", IDENTICAL_LABEL, len(group)])
     return path
 
 
@@ -281,6 +291,8 @@ caption{text-align:left;color:var(--muted);font-size:.9em}
 td,th{padding:.15em .7em;border-bottom:1px solid #eee;text-align:left;word-break:break-all}
 td.score,th.score{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .skipped li{word-break:break-all}
+.warning{background:#fff1e5;border:1px solid #d1242f;border-radius:6px;padding:.5em .8em;color:#82071e;font-weight:600}
+.kept{color:#1a7f37}
 """
 
 
@@ -348,11 +360,16 @@ def write_dedup_html(
     pair_scores: dict[tuple[int, int], float],
     unreadable: Sequence[Skipped],
     summary: dict,
+    identical: set[tuple[int, int]] = frozenset(),
+    warnings: Sequence[str] = (),
+    details: dict[int, str] | None = None,
 ) -> Path:
     """A self-contained page: ``summary`` first, then the duplicate groups, largest first, in
     collapsible pages (the first open); each photo of a group once, as a small inlined thumbnail
     linking to the original; each group's best pair scores in a collapsed table; then the files
-    that were skipped. Only photos in groups get a thumbnail."""
+    that were skipped. Only photos in groups get a thumbnail. A group's first photo is marked kept;
+    pairs in ``identical`` are labelled "identical file", apart from model scores; ``warnings``
+    (about the checkpoint) are a banner above everything."""
     esc = html.escape
 
     def shown(text: str) -> str:
@@ -361,10 +378,13 @@ def write_dedup_html(
     report_folder = Path(path).parent
     groups = sorted(groups, key=lambda members: (-len(members), min(members)))
     members_in_groups = [m for members in groups for m in members]
+    copy_of = {b: a for a, b in identical}  # an identical copy shows its first file's thumbnail
+    drawn = [m for m in members_in_groups if m not in copy_of]
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL
-        thumbnails = dict(
-            zip(members_in_groups, pool.map(lambda m: _thumbnail_or_reason(folder / names[m]), members_in_groups))
-        )
+        thumbnails = dict(zip(drawn, pool.map(lambda m: _thumbnail_or_reason(folder / names[m]), drawn)))
+    for member in (m for m in members_in_groups if m in copy_of):
+        shared = thumbnails.get(copy_of[member], "")
+        thumbnails[member] = shared if shared.startswith("data:") else _thumbnail_or_reason(folder / names[member])
 
     group_of = {member: number for number, members in enumerate(groups) for member in members}
     rows: list[list[tuple[float, int, int]]] = [[] for _ in groups]
@@ -372,8 +392,12 @@ def write_dedup_html(
         if a in group_of and group_of.get(b) == group_of[a]:  # groups are joined by these pairs
             rows[group_of[a]].append((score, a, b))
 
+    kept = {members[0] for members in groups}
+
     def figure(member: int) -> str:
         name, thumbnail = names[member], thumbnails[member]
+        mark = "<strong class='kept'>keep</strong> " if member in kept else ""
+        detail = f"<br><small class='facts'>{esc(details[member])}</small>" if details and member in details else ""
         picture = (
             f"<img src='{thumbnail}' alt='{shown(name)}'>"
             if thumbnail.startswith("data:")
@@ -381,15 +405,19 @@ def write_dedup_html(
         )
         return (
             f"<figure id='p{member}'><a href='{esc(photo_href(folder / name, report_folder))}'>{picture}</a>"
-            f"<figcaption>{shown(name)}</figcaption></figure>"
+            f"<figcaption>{mark}{shown(name)}{detail}</figcaption></figure>"
         )
 
     def group_html(number: int, members: Sequence[int], pairs: list[tuple[float, int, int]]) -> str:
-        pairs.sort(key=lambda row: -row[0])
-        if len(pairs) > 1:
-            scores = f"scores {pairs[-1][0]:.4f}–{pairs[0][0]:.4f}"
+        pairs.sort(key=lambda row: (row[1:] not in identical, -row[0]))
+        scored = [row[0] for row in pairs if row[1:] not in identical]
+        copies = len(pairs) - len(scored)
+        if len(scored) > 1:
+            scores = f"scores {min(scored):.4f}–{max(scored):.4f}"
         else:
-            scores = f"score {pairs[0][0]:.4f}" if pairs else "no pair scores"
+            scores = f"score {scored[0]:.4f}" if scored else ""
+        if copies:
+            scores = ", ".join(filter(None, [plural(copies, IDENTICAL_LABEL, "identical files"), scores]))
         photos = "".join(figure(m) for m in members[:EAGER_PHOTOS])
         if len(members) > EAGER_PHOTOS:
             rest = "".join(figure(m) for m in members[EAGER_PHOTOS:])
@@ -399,7 +427,7 @@ def write_dedup_html(
             )
         table_rows = "".join(
             f"<tr><td><a href='#p{a}'>{shown(names[a])}</a></td><td><a href='#p{b}'>{shown(names[b])}</a></td>"
-            f"<td class='score'>{score:.6f}</td></tr>"
+            f"<td class='score'>{IDENTICAL_LABEL if (a, b) in identical else f'{score:.6f}'}</td></tr>"
             for score, a, b in pairs[:MAX_PAIR_ROWS]
         )
         listed = f", the best {MAX_PAIR_ROWS} (pairs.csv has all)" if len(pairs) > MAX_PAIR_ROWS else ""
@@ -420,7 +448,9 @@ def write_dedup_html(
         "<!doctype html>",
         f"<html lang='en'><head><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
         f"<title>SameSpace: {shown(folder.name or str(folder))}</title><style>{STYLE}</style></head><body>",
-        f"<header><h1>{esc(title)}</h1><dl class='summary' id='summary'>"
+        f"<header><h1>{esc(title)}</h1>"
+        + "".join(f"<p class='warning' role='alert'>Warning: {shown(w)}</p>" for w in warnings)
+        + "<dl class='summary' id='summary'>"
         + "".join(
             f"<div><dt>{shown(str(key))}</dt><dd data-key='{shown(str(key))}'>{esc(_summary_value(value))}</dd></div>"
             for key, value in summary.items()

@@ -35,8 +35,10 @@ def test_dedup_maps_reports_and_never_touches_the_photos(small_net, photo_folder
     assert sorted(result.names) == sorted(p.relative_to(photo_folder).as_posix() for p in readable)
     assert "sub/nested.png" in result.names
     assert {s.path.name for s in result.unreadable} == {"truncated.jpg", "cut.jpg", "notes.jpg"}
-    assert sum(calls) == len(result.names) == result.trunk_images  # the backbone once per photo
-    n = len(result.names)
+    # sub/nested.png is a byte copy of grey.png: the backbone once per distinct file, the head on their pairs
+    assert [[result.names[m] for m in g] for g in result.identical] == [["grey.png", "sub/nested.png"]]
+    n = len(result.names) - 1
+    assert sum(calls) == n == result.trunk_images
     assert result.search == "all" and result.head_evaluations == n * (n - 1)
 
     output = tmp_path / "out"
@@ -52,11 +54,14 @@ def test_dedup_maps_reports_and_never_touches_the_photos(small_net, photo_folder
     assert "room &lt;b&gt;&amp;&#x27;q&#x27;.jpg" in page and "room <b>" not in page
     assert "truncated.jpg" in page and "notes.jpg" in page and "cut.jpg" in page
     rows = (output / "pairs.csv").read_text().strip().splitlines()
-    assert rows[0] == "first,second,score" and len(rows) == 1 + n * (n - 1) // 2
+    assert rows[0] == "first,second,score,reason,files" and len(rows) == 1 + n * (n - 1) // 2 + 1
+    assert rows[-1] == "grey.png,sub/nested.png,1.000000,identical file,2"
+    removed = json.loads((output / "to_remove.json").read_text())
+    assert removed == sorted(result.names[m] for g in result.groups() for m in g[1:]) and "sub/nested.png" in removed
     assert checksums(photo_folder) == before  # every input byte-identical
 
 
-def test_duplicate_groups_are_connected_components():
+def test_duplicate_groups_are_stars_around_the_first_photo():
     result = Dedup(
         names=["a", "b", "c", "d", "e"],
         first=np.array([0, 1, 3, 0]),
@@ -66,7 +71,7 @@ def test_duplicate_groups_are_connected_components():
         search="all",
         head_evaluations=8,
     )
-    assert result.groups() == [[0, 1, 2], [3, 4]]
+    assert result.groups() == [[0, 1], [3, 4]]  # c is b's duplicate, not a's: no chain (tests/test_groups.py)
     assert result.duplicates() == {"a": ["b"], "b": ["a", "c"], "c": ["b"], "d": ["e"], "e": ["d"]}
     assert result.duplicates(with_scores=True)["b"] == [("a", 0.9), ("c", 0.7)]
 
@@ -151,9 +156,9 @@ def test_byte_identical_files_are_duplicates_whatever_the_model_says(tmp_path):
     result = find_duplicates(net, tmp_path, torch.device("cpu"), threshold=0.9)
     assert result.names == ["a copy.jpg", "a.jpg", "b.jpg"]
     scores = {(result.names[a], result.names[b]): (s, r) for a, b, s, r in zip(*vars_of(result))}
-    assert scores[("a copy.jpg", "a.jpg")] == (1.0, IDENTICAL)
-    assert all(abs(s - 0.5) < 0.05 and r == MODEL for pair, (s, r) in scores.items() if "b.jpg" in pair)
-    assert result.groups() == [[0, 1]] and list(result.duplicate_reasons) == [IDENTICAL]
+    assert set(scores) == {("a copy.jpg", "b.jpg")}  # the copy "a.jpg" is never scored: it is identical
+    assert all(abs(s - 0.5) < 0.05 and r == MODEL for s, r in scores.values())
+    assert result.identical == [[0, 1]] and result.groups() == [[0, 1]] and not len(result.duplicate_reasons)
     assert result.duplicates() == {"a copy.jpg": ["a.jpg"], "a.jpg": ["a copy.jpg"], "b.jpg": []}
 
 
@@ -161,11 +166,54 @@ def vars_of(result):
     return result.first, result.second, result.scores, result.reasons
 
 
-def test_identical_pairs_the_candidate_search_missed_are_added():
-    result = Dedup(["a", "b", "c"], np.array([0]), np.array([1]), np.array([0.3]), 0.5, "knn", 2)
+def test_identical_groups_are_kept_as_groups_and_scored_pairs_of_them_marked():
+    result = Dedup(["a", "b", "c"], np.array([0, 0]), np.array([1, 2]), np.array([0.3, 0.2]), 0.5, "knn", 2)
     result.mark_identical([[2, 0]])
     assert list(zip(*vars_of(result))) == [(0, 1, pytest.approx(0.3), MODEL), (0, 2, 1.0, IDENTICAL)]
     assert result.groups() == [[0, 2]]
+    assert result.duplicates() == {"a": ["c"], "b": [], "c": ["a"]}  # once, though also scored
+
+
+def test_reports_carry_warnings_and_label_identical_files_apart_from_scores(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for k, name in enumerate(("a.jpg", "b.jpg", "c.jpg")):
+        Image.new("RGB", (30, 20), (k * 80, 10, 10)).save(folder / name)
+    result = Dedup(["a.jpg", "b.jpg", "c.jpg"], np.array([0]), np.array([2]), np.array([0.75]), 0.5, "all", 2)
+    result.mark_identical([[0, 1]])
+    warning = "checkpoint x was trained on a trunk with random weights: its scores are meaningless"
+    write_outputs(result, folder, tmp_path / "out", with_scores=False, warnings=[warning])
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["warnings"] == [warning] and summary["identical copies"] == 1 and summary["to remove"] == 2
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert f"<p class='warning' role='alert'>Warning: {warning}</p>" in page
+    assert "1 identical file, score 0.7500" in page  # the group's caption: the copy is no model score
+    assert "<td class='score'>identical file</td>" in page and "<td class='score'>0.750000</td>" in page
+    assert page.count("class='kept'") == 1
+
+
+def test_hidden_folders_are_left_out_unless_asked(small_net, tmp_path):
+    for sub in (".samespace-cache", "rooms"):
+        (tmp_path / sub).mkdir()
+        Image.new("RGB", (20, 20), (5, 6, 7)).save(tmp_path / sub / "a.png")
+    Image.new("RGB", (20, 20), (50, 6, 7)).save(tmp_path / "top.png")
+    assert [p.relative_to(tmp_path).as_posix() for p in list_files(tmp_path, True).files] == ["rooms/a.png", "top.png"]
+    flat = list_files(tmp_path, False)
+    assert [p.name for p in flat.subfolders] == ["rooms"]  # a hidden one never prompts --recursive
+    every = list_files(tmp_path, True, include_hidden=True).files
+    assert [p.relative_to(tmp_path).as_posix() for p in every] == [".samespace-cache/a.png", "rooms/a.png", "top.png"]
+    result = find_duplicates(small_net, tmp_path, torch.device("cpu"), recursive=True, include_hidden=True)
+    assert result.identical == [[0, 1]]  # the two a.png are byte-identical
+
+
+def test_a_folder_without_photos_is_one_clear_error(small_net, tmp_path):
+    with pytest.raises(DataError, match=r"^no photos found in .*: nothing to compare$"):
+        find_duplicates(small_net, tmp_path, torch.device("cpu"))
+    (tmp_path / "notes.jpg").write_text("text")
+    (tmp_path / ".hidden").mkdir()
+    Image.new("RGB", (20, 20)).save(tmp_path / ".hidden" / "a.png")
+    with pytest.raises(DataError, match=r"no photos found in .* \(1 file skipped, see above\): nothing to compare"):
+        find_duplicates(small_net, tmp_path, torch.device("cpu"), recursive=True)
 
 
 @pytest.mark.parametrize("method", ["phash", "dhash", "whash", "ahash"])
@@ -203,8 +251,9 @@ def test_a_photo_swapped_for_a_fifo_at_any_stage_is_refused_and_nothing_hangs(
     from samespace import dedup, scoring
 
     victim = photo_folder / "grey.png"  # byte-identical to sub/nested.png, so every stage opens it
-    after = {"decode": (dedup, "list_files"), "identical bytes": (scoring, "features_of_files")}
-    after["thumbnail"] = (dedup, "identical_files")
+    # The stages in order: identical bytes (before decoding, so copies are decoded once), decode, thumbnail.
+    after = {"identical bytes": (dedup, "list_files"), "decode": (dedup, "identical_files")}
+    after["thumbnail"] = (scoring, "features_of_files")
     module, name = after[stage]
     real = getattr(module, name)
 
@@ -229,13 +278,13 @@ def test_a_photo_swapped_for_a_fifo_at_any_stage_is_refused_and_nothing_hangs(
     assert not thread.is_alive(), f"dedup hung on a FIFO swapped in before the {stage} stage"
     result = done["result"]
     reasons = {s.path.name: s.reason for s in result.unreadable}
-    pairs = zip(result.first, result.second, result.reasons)
-    identical = {(result.names[a], result.names[b]) for a, b, r in pairs if r == IDENTICAL}
+    identical = {tuple(result.names[m] for m in group) for group in result.identical}
     page = (tmp_path / "out" / "report.html").read_text()
-    if stage == "decode":
-        assert reasons["grey.png"] == "not a regular file but a FIFO" and "grey.png" not in result.names
-    elif stage == "identical bytes":  # decoded already; they simply join no identical group
-        assert {"grey.png", "sub/nested.png"} <= set(result.names) and not identical
+    if stage == "decode":  # grouped as identical, then the representative gone: its copy goes with it
+        assert reasons["grey.png"] == reasons["nested.png"] == "not a regular file but a FIFO"
+        assert "grey.png" not in result.names
+    elif stage == "identical bytes":  # they join no identical group, and decoding refuses them
+        assert reasons["grey.png"] == reasons["nested.png"] == "not a regular file but a FIFO" and not identical
     else:  # grouped as identical, then gone: the report says so instead of a preview
         assert identical == {("grey.png", "sub/nested.png")}
-        assert "no preview: not a regular file but a FIFO" in page
+        assert page.count("no preview: not a regular file but a FIFO") == 1  # its copy still has its own

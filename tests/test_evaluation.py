@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -118,3 +121,30 @@ def test_too_few_rooms_give_null_figures_with_reasons(small_net, tmp_path, photo
         assert natural["pairs"] == 0 and natural["pr_auc"] is None and "no pairs" in natural["why_null"]
     else:
         assert natural["pairs"] == natural["positives"] == 1 and natural["roc_auc"] is None
+
+
+def test_threshold_from_reads_the_best_f1_threshold_or_says_why_not(tmp_path):
+    from samespace.errors import DataError
+    from samespace.evaluation import threshold_from
+
+    good = tmp_path / "evaluation.json"
+    good.write_text(json.dumps({"all_distinct_pairs": {"at_best_f1": {"threshold": 0.3721, "f1": 0.81234}}}))
+    value, source = threshold_from(good)
+    assert value == 0.3721 and source.startswith("best F1 0.8123 on all distinct test pairs") and str(good) in source
+    bad = {
+        "missing.json": None,
+        "null.json": {"all_distinct_pairs": {"at_best_f1": None}},  # one room: no best-F1 threshold
+        "big.json": {"all_distinct_pairs": {"at_best_f1": {"threshold": 7}}},
+        "text.json": "not json",
+        "list.json": [1, 2],
+        "deep.json": "[" * 100_000 + "]" * 100_000,
+    }
+    for name, payload in bad.items():
+        if payload is not None:
+            (tmp_path / name).write_text(payload if isinstance(payload, str) else json.dumps(payload))
+        with pytest.raises(DataError, match=r"^--threshold-from .*: ") as caught:
+            threshold_from(tmp_path / name)
+        assert "\n" not in str(caught.value)
+    os.mkfifo(tmp_path / "pipe.json")  # never opened: it would block
+    with pytest.raises(DataError, match="FIFO"):
+        threshold_from(tmp_path / "pipe.json")

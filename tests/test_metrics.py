@@ -55,6 +55,7 @@ def test_undefined_figures_are_null_with_a_reason_never_nan():
     one_class = strict_json(metrics.score_report(np.ones(5), np.linspace(0.1, 0.9, 5)))
     assert one_class["roc_auc"] is None and one_class["pr_auc"] is None and one_class["at_best_f1"] is None
     assert "different-room" in one_class["why_null"] and one_class["prevalence"] == 1.0
+    assert one_class["why_null"].startswith("ROC-AUC and PR-AUC need both same-room and different-room pairs")
     assert one_class["at_0.5"]["recall"] == pytest.approx(0.6)  # 3 of 5 scores reach 0.5: still defined
     empty = strict_json(metrics.score_report(np.zeros(0), np.zeros(0)))
     assert empty["pairs"] == 0 and empty["prevalence"] is None and empty["at_0.5"] is None

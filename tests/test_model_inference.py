@@ -18,7 +18,7 @@ from PIL import Image
 
 import model_inference
 from conftest import checksums, run_script, strict_json
-from samespace import candidates, dedup, engine
+from samespace import candidates, dedup, engine, groups
 from samespace.baselines import hashes
 
 
@@ -70,7 +70,11 @@ def test_cli_on_a_training_checkpoint(trained, airbnb, photo_folder, tmp_path):
     out = run_script(model_inference, "dedup", checkpoint, photo_folder, "--recursive", "--scores", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     produced = tmp_path / "samespace-outputs" / f"dedup-{photo_folder.name}"
-    assert {p.name for p in produced.iterdir()} == {"duplicates.json", "pairs.csv", "report.html", "summary.json"}
+    written = {p.name for p in produced.iterdir()}
+    assert written == {"duplicates.json", "pairs.csv", "report.html", "summary.json", "to_remove.json"}
+    summary = json.loads((produced / "summary.json").read_text())
+    assert len(summary["warnings"]) == 1 and "scores are meaningless" in summary["warnings"][0]
+    assert "Warning: checkpoint" in (produced / "report.html").read_text()
     assert "skipped notes.jpg: not an image in a format PIL reads" in out.stderr
     # A random trunk scores every pair alike, so how many pass 0.5 depends on the run; the two
     # byte-identical files (grey.png, sub/nested.png) are duplicates whatever the score.
@@ -106,6 +110,7 @@ def test_help_texts_agree_with_the_code():
     assert model_inference.ENGINES == engine.ENGINES
     assert model_inference.HASH_METHODS == hashes.METHODS
     assert model_inference.HASH_DISTANCE == hashes.DEFAULT_DISTANCE
+    assert model_inference.KEEP_RULES == groups.KEEP_RULES
 
 
 def test_engine_is_auto_unless_chosen_before_or_after_the_subcommand():
@@ -235,7 +240,9 @@ def test_random_trunk_warning_only_for_random_trunks(trained, tmp_path, capsys, 
             assert model_inference.main(["compare", str(checkpoint), *pair, "--device", "cpu"]) == 0
         said = [r.getMessage() for r in caplog.records if "meaningless" in r.getMessage()]
         assert len(said) == warnings
-        assert "P(same space) of a.jpg and b.jpg" in capsys.readouterr().out
+        printed = capsys.readouterr().out
+        assert "P(same space) of a.jpg and b.jpg" in printed
+        assert re.search(r"^\d\.\d{4}  (same space|different spaces) at threshold 0\.5  ", printed)
 
 
 def test_cli_refuses_what_is_not_a_checkpoint(tmp_path, airbnb, capsys):
@@ -340,3 +347,20 @@ def test_evaluate_with_hash_baselines_scores_the_same_pairs(trained, airbnb, tmp
     assert [line.split()[0] for line in printed[start + 1 : start + 4]] == ["samespace", "phash", "ahash"]
     phash = printed[start + 2].split()
     assert phash[1:3] == [f"{report['methods']['phash']['roc_auc']:.4f}", f"{report['methods']['phash']['pr_auc']:.4f}"]
+
+
+def test_compare_verdict_follows_the_dedup_rule():
+    assert model_inference.verdict(0.5, 0.5) == "same space"  # at the threshold is a duplicate, as in dedup
+    assert model_inference.verdict(0.4999, 0.5) == "different spaces"
+    assert model_inference.parse_args(["compare", "ck", "a", "b", "--threshold", "0.8"]).threshold == 0.8
+
+
+def test_threshold_from_is_checked_first_and_excludes_threshold(tmp_path, capsys):
+    (tmp_path / "evaluation.json").write_text("{}")
+    args = ["compare", "no-such-checkpoint", "a.jpg", "b.jpg", "--threshold-from", str(tmp_path / "evaluation.json")]
+    assert model_inference.main(args) == 2
+    said = capsys.readouterr().err.strip()
+    assert said.startswith("error: --threshold-from ") and "no best-F1 threshold" in said and "\n" not in said
+    with pytest.raises(SystemExit) as stopped:
+        model_inference.parse_args(["dedup", "ck", "f", "--threshold", "0.4", "--threshold-from", "e.json"])
+    assert stopped.value.code == 2 and "not allowed with argument" in capsys.readouterr().err

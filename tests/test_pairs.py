@@ -88,7 +88,11 @@ def test_too_few_negatives_takes_all_of_them(caplog):
     rooms = rooms_of([3, 1])  # 9+1 positive pairs x64 but only 6 negative ordered pairs
     pairs = build_pairs(rooms, random_hashes(4))
     assert (pairs.label == 0).sum() == 6
-    assert "only 6 negative pairs" in caplog.text
+    assert "only 6 negative pairs for 640 positives" in caplog.text
+    caplog.clear()
+    assert (build_pairs(rooms_of([3]), random_hashes(3)).label == 0).sum() == 0
+    assert "no negative pairs for 576 positives: all photos show one room" in caplog.text
+    assert "only 0" not in caplog.text
 
 
 def test_near_negatives_are_drawn_more_often():

@@ -133,10 +133,22 @@ def test_pairs_csv_is_sorted_best_first(tmp_path):
     )
     rows = list(csv.reader(path.open(encoding="utf-8", newline="")))
     assert rows == [
-        ["first", "second", "score"],
-        ["a", "c", "0.900000"],
-        ["b", "c", "0.500000"],
-        ["a", "b", "0.200000"],
+        ["first", "second", "score", "reason", "files"],
+        ["a", "c", "0.900000", "model score", "2"],
+        ["b", "c", "0.500000", "model score", "2"],
+        ["a", "b", "0.200000", "model score", "2"],
+    ]
+
+
+def test_pairs_csv_lists_an_identical_group_once_with_its_count(tmp_path):
+    names = [f"copy{k}.jpg" for k in range(5)] + ["other.jpg"]
+    path = reports.write_pairs_csv(
+        tmp_path / "p.csv", names, np.array([0]), np.array([5]), np.array([0.4]), identical=[[0, 1, 2, 3, 4]]
+    )
+    rows = list(csv.reader(path.open(encoding="utf-8", newline="")))
+    assert rows[1:] == [
+        ["copy0.jpg", "other.jpg", "0.400000", "model score", "2"],
+        ["copy0.jpg", "copy1.jpg", "1.000000", "identical file", "5"],
     ]
 
 
@@ -165,7 +177,7 @@ def test_non_utf8_names_are_lossless_in_json_and_csv(tmp_path):
     assert b"caf\xe9.jpg" in path.read_bytes()  # the name's own bytes
     with path.open(encoding="utf-8", errors="surrogateescape", newline="") as handle:
         rows = list(csv.reader(handle))
-    assert rows[1] == [CAFE, ODD, "0.900000"] and rows[2] == ["café.jpg", CAFE, "0.800000"]
+    assert rows[1][:3] == [CAFE, ODD, "0.900000"] and rows[2][:3] == ["café.jpg", CAFE, "0.800000"]
 
 
 def test_dedup_outputs_are_whole_and_lossless(tmp_path):
@@ -181,8 +193,10 @@ def test_dedup_outputs_are_whole_and_lossless(tmp_path):
     result.unreadable = [Skipped(folder / bad, f"cannot read {bad}")]
     out = tmp_path / "out"
     summary = write_outputs(result, folder, out, with_scores=True, checkpoint="3f2a")
-    assert sorted(os.listdir(out)) == ["duplicates.json", "pairs.csv", "report.html", "summary.json"]
-    assert summary["checkpoint"] == "3f2a" and summary["groups"] == 1 and summary["photos in groups"] == 3
+    assert sorted(os.listdir(out)) == ["duplicates.json", "pairs.csv", "report.html", "summary.json", "to_remove.json"]
+    # café~a and a~=b, not café~=b: a star around café (first by name) holds a only
+    assert summary["checkpoint"] == "3f2a" and summary["groups"] == 1 and summary["photos in groups"] == 2
+    assert json.loads((out / "to_remove.json").read_text(encoding="utf-8")) == ["a.jpg"]
     duplicates = json.loads((out / "duplicates.json").read_text(encoding="utf-8"))
     assert duplicates[CAFE] == [["a.jpg", 0.9]] and duplicates["=b.jpg"] == [["a.jpg", 0.7]]
     saved = json.loads((out / "summary.json").read_text(encoding="utf-8"))
@@ -319,7 +333,7 @@ def test_report_renders_in_chromium(tmp_path, monkeypatch):
     (folder / "gone.jpg").unlink()  # deleted between scoring and report: no preview, no crash
     result = Dedup(
         names,
-        np.array([0, 1, 3, 0]),
+        np.array([0, 0, 3, 0]),  # café's duplicates odd and =x: a star around café
         np.array([1, 2, 4, 5]),
         np.array([0.97651, 0.93, 0.81234, 0.2]),
         0.5,
@@ -345,7 +359,9 @@ def test_report_renders_in_chromium(tmp_path, monkeypatch):
     groups = [a["id"] for a in dom.all("details", **{"class": "group"})]
     assert groups == ["g1", "g2"]  # largest first: {café, odd, =x} then {sub dir/a b, gone}
     assert [a["id"] for a in dom.all("figure")] == ["p0", "p1", "p2", "p3", "p4"]  # single.jpg: no group
-    assert dom.texts["figcaption"] == ["caf\\xe9.jpg", ODD, "=x.jpg", "sub dir/a b.jpg", "gone.jpg"]
+    captions = [text.strip() for text in dom.texts["figcaption"]]  # after the kept photos' "keep" mark
+    assert captions == ["caf\\xe9.jpg", ODD, "=x.jpg", "sub dir/a b.jpg", "gone.jpg"]
+    assert dom.texts["strong"] == ["keep", "keep"]  # each group's first photo
     assert not dom.all("b")  # the name's <b> stayed text
     assert len(dom.all("img")) == 4 and "no preview" in "".join(dom.texts["span"])
     # Each thumbnail links to its own original, whatever the name's bytes.
