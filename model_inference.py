@@ -200,10 +200,10 @@ def run_hash_dedup(args: argparse.Namespace) -> None:
         keep=args.keep, include_hidden=args.include_hidden,
     )
     label = f"{args.method} (imagededup 0.3.3; score 1 - Hamming/64, duplicate at <= {bits} bits)"
-    dedup.write_outputs(result, args.folder, output, args.scores, checkpoint=label, keep=args.keep)
+    summary = dedup.write_outputs(result, args.folder, output, args.scores, checkpoint=label, keep=args.keep)
     print(
-        f"{plural(len(result.names), 'photo')}, {plural(len(result.groups()), 'duplicate group')}, "
-        f"{plural(len(result.duplicate_pairs[0]), 'duplicate pair')} within {bits} bits by {args.method} "
+        f"{plural(len(result.names), 'photo')}, {plural(summary['groups'], 'duplicate group')}, "
+        f"{plural(summary['duplicate pairs'], 'duplicate pair')} within {bits} bits by {args.method} "
         f"({plural(len(result.unreadable), 'file')} skipped)"
     )
     print(f"report: {printable(str(output / 'report.html'))}  map: {printable(str(output / 'duplicates.json'))}")

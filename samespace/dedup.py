@@ -263,9 +263,13 @@ def find_hash_duplicates(
     paths = [listing.files[i] for i in kept]
     names = [path.relative_to(folder).as_posix() for path in paths]
     a, b, distances = hashes.close_pairs(hashes.as_integers(found), max_distance)
+    identical = identical_files(paths)
+    unit = groups_module.units_of(len(paths), [group for group in identical if len(group) > 1])
+    apart = (unit[a] < 0) | (unit[a] != unit[b])  # byte-identical copies are listed as their group, once
+    a, b, distances = a[apart], b[apart], distances[apart]
     threshold = float(hashes.similarity(max_distance))
     result = Dedup(names, a, b, hashes.similarity(distances), threshold, f"{method} <= {max_distance} bits", 0)
-    result.mark_identical(identical_files(paths))
+    result.mark_identical(identical)
     result.unreadable = skipped
     rank_for_keeping(result, paths, keep)
     return result
