@@ -207,6 +207,8 @@ def run_hash_dedup(args: argparse.Namespace) -> None:
         f"({plural(len(result.unreadable), 'file')} skipped)"
     )
     print(f"report: {printable(str(output / 'report.html'))}  map: {printable(str(output / 'duplicates.json'))}")
+
+
 def resolve_threshold(args: argparse.Namespace) -> str:
     """Sets ``args.threshold`` from ``--threshold-from`` when given; returns where it came from."""
     if getattr(args, "threshold_from", None) is None:

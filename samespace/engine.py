@@ -14,15 +14,14 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from samespace import settings
-from samespace.errors import ConfigError, first_line
+from samespace import reports, settings
+from samespace.errors import ConfigError, OutputError, first_line
 
 logger = logging.getLogger("samespace.engine")
 
@@ -75,12 +74,6 @@ def export_bytes(trunk: torch.nn.Module) -> bytes:
     return buffer.getvalue()
 
 
-def write_atomically(path: Path, content: bytes) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    partial.write_bytes(content)
-    os.replace(partial, path)
-
-
 def cached_export(trunk: torch.nn.Module, key: str, folder: Path) -> bytes:
     """The export under ``key`` in ``folder``: read when its SHA-256 sidecar matches, else (missing,
     or damaged with one warning) exported again and written atomically, the model then its sidecar.
@@ -98,9 +91,11 @@ def cached_export(trunk: torch.nn.Module, key: str, folder: Path) -> bytes:
     payload = export_bytes(trunk)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, payload)
-        write_atomically(sidecar, hashlib.sha256(payload).hexdigest().encode())
-    except OSError as exc:
+        with reports.atomic_write(path, "wb") as handle:  # the model first, then the sidecar that vouches for it
+            handle.write(payload)
+        with reports.atomic_write(sidecar) as handle:
+            handle.write(hashlib.sha256(payload).hexdigest())
+    except (OSError, OutputError) as exc:
         logger.warning("engine: cannot cache the export in %s (%s); exporting again next time", folder, first_line(exc))
     return payload
 
