@@ -106,6 +106,30 @@ class Dedup:
         return groups_module.star_groups(len(self.names), a, b, self.identical, ranks)
 
 
+def find_candidates(
+    first: torch.Tensor, second: torch.Tensor, *, search: str = "auto", neighbours: int = 20, index: str = "auto"
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Stage 2: the pairs (a < b) to score, and the search that found them: every pair up to
+    ``ALL_PAIRS_LIMIT`` photos (``auto``), else each photo's ``neighbours`` nearest."""
+    n = len(first)
+    if search == "auto":
+        search = "all" if n <= ALL_PAIRS_LIMIT else "knn"
+    if search == "all":
+        a, b = scoring.all_upper_pairs(n)
+    else:
+        table = candidates.nearest_neighbours(candidates.search_vectors(first, second), neighbours, method=index)
+        a, b = candidates.candidate_pairs(table)
+    return a, b, search
+
+
+def score_pairs(
+    head: torch.nn.Sequential, first: torch.Tensor, second: torch.Tensor, a: np.ndarray, b: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """Stage 3: the head's P(same space) of each pair, and the head evaluations it took."""
+    scorer = scoring.PairScorer(head, first, second)
+    return scorer.probabilities(a, b), scorer.evaluations
+
+
 def score_embeddings(
     first: torch.Tensor,
     second: torch.Tensor,
@@ -120,16 +144,9 @@ def score_embeddings(
     """Score pairs of photos from their tower embeddings: every pair, or each photo's
     ``neighbours`` nearest on the embeddings (candidate search). Both use the same scorer, so a
     pair's score does not depend on how it was found."""
-    n = len(names)
-    if search == "auto":
-        search = "all" if n <= ALL_PAIRS_LIMIT else "knn"
-    scorer = scoring.PairScorer(head, first, second)
-    if search == "all":
-        a, b = scoring.all_upper_pairs(n)
-    else:
-        table = candidates.nearest_neighbours(candidates.search_vectors(first, second), neighbours, method=index)
-        a, b = candidates.candidate_pairs(table)
-    return Dedup(list(names), a, b, scorer.probabilities(a, b), threshold, search, scorer.evaluations)
+    a, b, search = find_candidates(first, second, search=search, neighbours=neighbours, index=index)
+    scores, evaluations = score_pairs(head, first, second, a, b)
+    return Dedup(list(names), a, b, scores, threshold, search, evaluations)
 
 
 @dataclasses.dataclass
@@ -275,24 +292,39 @@ def find_hash_duplicates(
     return result
 
 
-def find_duplicates(
+@dataclasses.dataclass
+class Embedded:
+    """Stage 1's result: a folder's photos and both towers' embeddings of one photo per set of
+    byte-identical copies (the local run and the cluster job build it alike)."""
+
+    folder: Path
+    paths: list[Path]  # the photos kept (decoded, or byte copies of decoded ones), sorted
+    names: list[str]  # their names relative to ``folder``
+    scored: list[int]  # positions in ``paths`` of the photos embedded, one per set of copies
+    copies: dict[int, list[int]]  # an embedded photo's position -> its byte-identical copies' positions
+    first: torch.Tensor  # (len(scored), 1280) first tower's embeddings, in ``scored`` order
+    second: torch.Tensor
+    skipped: list[Skipped]
+    trunk_images: int = 0
+
+    @property
+    def identical(self) -> list[list[int]]:
+        """Byte-identical groups as positions in ``paths``, the embedded photo first."""
+        return [[position] + self.copies[position] for position in self.scored if position in self.copies]
+
+
+def embed_photos(
     net: SiameseNet,
     folder: Path,
     device: torch.device,
     *,
-    threshold: float = 0.5,
     recursive: bool = False,
-    search: str = "auto",
-    neighbours: int = 20,
-    index: str = "auto",
     exclude: Path | None = None,
-    keep: str = "largest",
     include_hidden: bool = False,
     engine_name: str = "torch",
-) -> Dedup:
-    """Duplicate photos in ``folder``: pairs the model scores at or above ``threshold``, and
-    byte-identical files always (score 1.0, reason ``identical bytes``). Unreadable files and
-    entries that are not regular files are listed, not fatal."""
+) -> Embedded:
+    """Stage 1: list ``folder``, set byte-identical copies aside, decode and embed the rest.
+    Unreadable files and entries that are not regular files are listed, not fatal."""
     if not folder.is_dir():
         raise DataError(f"not a folder: {folder}")
     listing = list_files(folder, recursive, exclude, include_hidden)
@@ -317,19 +349,85 @@ def find_duplicates(
     kept = sorted(kept_reps + [c for r in kept_reps for c in copies_of.get(r, [])])
     index_of = {position: k for k, position in enumerate(kept)}
     paths = [listing.files[i] for i in kept]
-    names = [path.relative_to(folder).as_posix() for path in paths]
     first, second = embedder.embed(trunk_features)
-    result = score_embeddings(
-        first, second, net.head, [names[index_of[r]] for r in kept_reps],
-        threshold=threshold, search=search, neighbours=neighbours, index=index,
+    return Embedded(
+        folder,
+        paths,
+        [path.relative_to(folder).as_posix() for path in paths],
+        [index_of[r] for r in kept_reps],
+        {index_of[r]: [index_of[c] for c in copies_of[r]] for r in kept_reps if r in copies_of},
+        first,
+        second,
+        skipped,
+        embedder.trunk_images,
     )
-    rep_index = np.array([index_of[r] for r in kept_reps], dtype=np.int64)
-    result.names = names  # pairs of representatives, renumbered among all photos
-    result.first, result.second = rep_index[result.first], rep_index[result.second]
-    result.mark_identical([[index_of[r]] + [index_of[c] for c in copies_of[r]] for r in kept_reps if r in copies_of])
-    result.trunk_images, result.unreadable = embedder.trunk_images, skipped
-    rank_for_keeping(result, paths, keep)
+
+
+def group_pairs(
+    embedded: Embedded,
+    a: np.ndarray,
+    b: np.ndarray,
+    scores: np.ndarray,
+    *,
+    threshold: float,
+    search: str,
+    head_evaluations: int,
+    keep: str = "largest",
+) -> Dedup:
+    """Stage 4: pairs of embedded photos (numbered in ``embedded.scored`` order) renumbered among
+    all photos, byte-identical copies marked, and each photo's rank to be kept."""
+    rep_index = np.array(embedded.scored, dtype=np.int64)
+    result = Dedup(list(embedded.names), rep_index[a], rep_index[b], scores, threshold, search, head_evaluations)
+    result.mark_identical(embedded.identical)
+    result.trunk_images, result.unreadable = embedded.trunk_images, embedded.skipped
+    rank_for_keeping(result, embedded.paths, keep)
     return result
+
+
+def find_duplicates(
+    net: SiameseNet,
+    folder: Path,
+    device: torch.device,
+    *,
+    threshold: float = 0.5,
+    recursive: bool = False,
+    search: str = "auto",
+    neighbours: int = 20,
+    index: str = "auto",
+    exclude: Path | None = None,
+    keep: str = "largest",
+    include_hidden: bool = False,
+    engine_name: str = "torch",
+) -> Dedup:
+    """Duplicate photos in ``folder``: pairs the model scores at or above ``threshold``, and
+    byte-identical files always (score 1.0, reason ``identical bytes``). Unreadable files and
+    entries that are not regular files are listed, not fatal. The stages in order:
+    ``embed_photos``, ``find_candidates``, ``score_pairs``, ``group_pairs`` (then ``write_outputs``)."""
+    embedded = embed_photos(
+        net, folder, device, recursive=recursive, exclude=exclude, include_hidden=include_hidden,
+        engine_name=engine_name,
+    )
+    return dedup_embedded(
+        embedded, net.head, threshold=threshold, search=search, neighbours=neighbours, index=index, keep=keep
+    )
+
+
+def dedup_embedded(
+    embedded: Embedded,
+    head: torch.nn.Sequential,
+    *,
+    threshold: float = 0.5,
+    search: str = "auto",
+    neighbours: int = 20,
+    index: str = "auto",
+    keep: str = "largest",
+) -> Dedup:
+    """Stages 2-4 on embedded photos: candidates, their head scores, the groups."""
+    a, b, search = find_candidates(embedded.first, embedded.second, search=search, neighbours=neighbours, index=index)
+    scores, evaluations = score_pairs(head, embedded.first, embedded.second, a, b)
+    return group_pairs(
+        embedded, a, b, scores, threshold=threshold, search=search, head_evaluations=evaluations, keep=keep
+    )
 
 
 def report_pairs(result: Dedup) -> tuple[dict[tuple[int, int], float], set[tuple[int, int]]]:
