@@ -225,8 +225,24 @@ def verdict(probability: float, threshold: float) -> str:
     return "same space" if probability >= threshold else "different spaces"
 
 
+def open_catalogue(args: argparse.Namespace, net: Any) -> Any:
+    """The ``--against`` catalogue, loaded and checked against this network (None without it);
+    ``--save-catalogue``'s folder checked before any work."""
+    from samespace import catalogue
+
+    if args.save_catalogue:
+        catalogue.check_new_folder(args.save_catalogue)
+        if args.save_catalogue.resolve().is_relative_to(args.folder.resolve()):
+            raise OutputError(f"--save-catalogue {args.save_catalogue} is inside the photo folder: put it outside")
+    if args.against is None:
+        return None
+    kept = catalogue.load(args.against)
+    catalogue.check_identity(kept, net)
+    return kept
+
+
 def run_dedup(args: argparse.Namespace) -> None:
-    from samespace import dedup, scoring
+    from samespace import catalogue, dedup, scoring
     from samespace.checkpoints import open_checkpoint
 
     if not args.folder.is_dir():
@@ -240,25 +256,27 @@ def run_dedup(args: argparse.Namespace) -> None:
     source = resolve_threshold(args)
     device = scoring.resolve_device(args.device)
     default = Path("samespace-outputs") / f"dedup-{args.folder.resolve().name}"
-    output = output_folder(args, default, inputs=[Path(args.checkpoint)], scanned=args.folder)
+    kept_in = [args.against] if args.against else []
+    output = output_folder(args, default, inputs=[Path(args.checkpoint), *kept_in], scanned=args.folder)
     net, meta = open_checkpoint(args.checkpoint, device, args.preprocessing)
     warning = random_trunk_warning(meta, args.checkpoint)
     if warning:
         logger.warning(warning)
-    result = dedup.find_duplicates(
+    kept = open_catalogue(args, net)
+    embedded = dedup.embed_photos(
         net,
         args.folder,
         device,
-        threshold=args.threshold,
         recursive=args.recursive,
-        search=args.search,
-        neighbours=args.neighbours,
-        index=args.index,
         exclude=output,
         engine_name=args.engine,
-        keep=args.keep,
         include_hidden=args.include_hidden,
     )
+    ranking = dict(threshold=args.threshold, search=args.search, neighbours=args.neighbours, keep=args.keep)
+    if kept is None:
+        result = dedup.dedup_embedded(embedded, net.head, index=args.index, **ranking)
+    else:
+        result, rows, both = catalogue.against(kept, embedded, net.head, **ranking)
     summary = dedup.write_outputs(
         result,
         args.folder,
@@ -269,6 +287,10 @@ def run_dedup(args: argparse.Namespace) -> None:
         keep=args.keep,
         threshold_source=source,
     )
+    if args.save_catalogue:
+        catalogue.append(args.save_catalogue, net, *catalogue.rows_of(embedded), None)
+    elif args.add:
+        catalogue.append(args.against, net, rows, both, kept)
     print(
         f"{plural(len(result.names), 'photo')}, {plural(summary['groups'], 'duplicate group')}, "
         f"{plural(summary['duplicate pairs'], 'duplicate pair')} at >= {args.threshold} "
@@ -300,6 +322,12 @@ def probability(text: str) -> float:
 
 def check_dedup_threshold(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """--threshold is P(same space) for samespace (default 0.5) and whole bits for a hash (default 10)."""
+    if args.method != "samespace" and (args.against or args.save_catalogue):
+        parser.error("--against and --save-catalogue keep the network's embeddings: not with a hash --method")
+    if args.add and args.against is None:
+        parser.error("--add appends to the catalogue given by --against DIR")
+    if args.against and args.save_catalogue:
+        parser.error("--save-catalogue makes a new catalogue; to extend the --against one, pass --add")
     if args.method == "samespace":
         if args.checkpoint is None:
             parser.error("the following arguments are required: checkpoint (or pass --method phash|dhash|whash|ahash)")
@@ -419,6 +447,13 @@ def build_parser() -> Parser:
         "(resolution, then file size, then name; default), newest, oldest, first (by name)",
     )
     dd.add_argument("--force", action="store_true", help="overwrite reports in a non-empty output folder")
+    dd.add_argument(
+        "--save-catalogue", type=Path, metavar="DIR", help="keep the photos' embeddings in DIR (a new folder)"
+    )
+    dd.add_argument(
+        "--against", type=Path, metavar="DIR", help="score the photos against the catalogue in DIR (not re-embedded)"
+    )
+    dd.add_argument("--add", action="store_true", help="with --against: append the photos to the catalogue")
     return parser
 
 
