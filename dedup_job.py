@@ -1,0 +1,37 @@
+"""The dedup batch job's entry point: ``det experiment create dedup.yaml .`` (samespace/batch.py).
+
+Off a cluster it says so in one line; ``model_inference.py dedup`` is the same dedup on one machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from samespace.errors import SameSpaceError, first_line, printable
+
+
+def main() -> int:
+    import determined as det
+
+    from samespace import batch
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    info = det.get_cluster_info()
+    if info is None or info.task_type != "TRIAL":
+        print(
+            "error: dedup_job.py runs as a Determined trial: det experiment create dedup.yaml . "
+            "(on one machine: python model_inference.py dedup CHECKPOINT FOLDER)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        batch.run(batch.JobSettings.from_hparams(info.trial.hparams))
+        return 0
+    except SameSpaceError as exc:
+        print(f"error: {printable(first_line(exc, limit=1000))}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
