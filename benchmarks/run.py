@@ -1,6 +1,6 @@
 """SameSpace benchmarks: each comparison measured side by side in one process, reported as ratios.
 
-    python benchmarks/run.py [--quick] [--sections sampling,training,dedup,cpu,gpu]
+    python benchmarks/run.py [--quick] [--sections sampling,training,dedup,cpu,gpu,scale]
                              [--imagededup-python PATH]
 
 1. Pair set and hash-weighted sampling: the original method (an N^2-row pandas frame, an imagehash
@@ -18,6 +18,9 @@
    ``weights=None`` patched in since it would download ImageNet weights; skipped without it.
 5. With a GPU: 2 and 3 there, the trunk alone against the cache build and dedup embedding, and
    dedup of 10,000 generated photos.
+6. ``--sections scale`` (benchmarks/scale.py): the compressed candidate index on 1,000,000
+   (``--quick``: 100,000) synthetic 2,560-d vectors with planted duplicates: recall against exact
+   search on a sample, bytes per photo, build and search time.
 
 Speed does not depend on weight values, so the networks use random weights (no download). Machines
 are noisy: read the ratios, not the absolute times. The last lines are one per target:
@@ -762,6 +765,11 @@ def main(argv: list[str] | None = None) -> int:
         bench_cpu(args.quick, args.imagededup_python)
     if "gpu" in sections:
         bench_gpu(args.quick)
+    if "scale" in sections:  # not in the default list: about 10 minutes with --quick on 2 cores
+        from benchmarks.scale import bench_against, bench_scale
+
+        bench_scale(args.quick, row, target)
+        bench_against(args.quick, row, target, write_photo_folder)
 
     print("\n| section | measurement | value |\n|---|---|---|")
     for section, what, value in ROWS:

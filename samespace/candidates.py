@@ -13,8 +13,9 @@ would grow quadratically; the benchmarks measure both.
 Compressed method ``ivfpq`` (chosen explicitly with ``--index ivfpq``; ``auto`` keeps HNSW above
 ``EXACT_LIMIT`` until the compressed index's recall is measured on 2,560-d tower embeddings): faiss
 ``PCA192,IVF{K},SQ8`` on inner product. Each photo costs 192 bytes of 8-bit code plus an 8-byte id
-(200 bytes) instead of 10 KB of float32, plus a fixed part (PCA matrix 2560 x 192 floats = 2 MB,
-K x 192 float centroids) that divides away as the folder grows. (PQ64 codes would be 72 bytes, but
+(200 bytes) instead of 10 KB of float32, plus a fixed part (PCA projection 2560 x 192 floats =
+2 MB, the training-only full PCA matrix dropped, K x 192 float centroids) that divides away as
+the folder grows. (PQ64 codes would be 72 bytes, but
 faiss-cpu 1.15.1's PQ training did not finish in minutes on this shared machine, so SQ8 it is.)
 ``index_bytes(index) / index.ntotal`` is the serialised size per photo; tests keep it at or
 below 300 bytes. ``NPROBE`` cells are searched per query; it was set so that recall of planted
@@ -103,6 +104,11 @@ def compressed_index(dim: int, n: int, sample: np.ndarray, nprobe: int = NPROBE)
     index = faiss.index_factory(dim, f"{pca}IVF{cells_for(n)},SQ8", faiss.METRIC_INNER_PRODUCT)
     index.train(np.ascontiguousarray(sample, dtype=np.float32))
     faiss.extract_index_ivf(index).nprobe = nprobe
+    if pca:  # the trained projection is A (192 x dim); the full dim x dim PCA matrix (26 MB at
+        # 2,560-d) and eigenvalues serve only training, and would cost ~260 B a photo at 100,000
+        transform = faiss.downcast_VectorTransform(index.chain.at(0))
+        transform.PCAMat.clear()
+        transform.eigenvalues.clear()
     return index
 
 

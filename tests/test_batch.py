@@ -191,7 +191,9 @@ def finished_shards(folder: Path, tmp_path: Path) -> tuple[Path, batch.Manifest]
     return output_shards(tmp_path / "storage"), batch.manifest_of(batch.JobSettings.from_hparams(hparams))
 
 
-@pytest.mark.parametrize("damage", ["cut short", "flipped byte", "no sidecar", "another photo list", "removed"])
+@pytest.mark.parametrize(
+    "damage", ["cut short", "flipped byte", "no sidecar", "another photo list", "removed", "twice"]
+)
 def test_a_corrupt_or_cut_short_shard_is_refused_in_one_line(folder, tmp_path, damage):
     shards, manifest = finished_shards(folder, tmp_path)
     shard = shards / "rank_0" / "shard-r000-b00000000-00000001.npz"
@@ -204,12 +206,17 @@ def test_a_corrupt_or_cut_short_shard_is_refused_in_one_line(folder, tmp_path, d
         shard.with_name(shard.name + ".sha256").unlink()
     elif damage == "removed":
         shard.unlink()
+    elif damage == "twice":  # as if slots or batch size had changed: other names for the same photos
+        twin = shards / "rank_1" / "shard-r001-b00000000-00000001.npz"
+        twin.parent.mkdir()
+        twin.write_bytes(payload)
+        twin.with_name(twin.name + ".sha256").write_bytes(shard.with_name(shard.name + ".sha256").read_bytes())
     else:
         manifest = batch.Manifest(manifest.root, manifest.paths[:-1] + [manifest.root / "other.jpg"], [])
     messages = {
         "cut short": r"is corrupt or cut short", "flipped byte": r"is corrupt or cut short",
         "no sidecar": r"or its .sha256 is unreadable", "another photo list": r"written for another photo list",
-        "removed": r"^no shard holds photo 0 ",
+        "removed": r"^no shard holds photo 0 ", "twice": r"a photo id is in two shards",
     }  # fmt: skip
     with pytest.raises(DataError, match=messages[damage]) as caught:
         batch.read_shards(shards, manifest)

@@ -1,0 +1,173 @@
+"""Benchmark section 6 (``--sections scale``): the candidate stage at archive size.
+
+1,000,000 (``--quick``: 100,000) synthetic 2,560-d search vectors, as ``candidates.search_vectors``
+gives them (unit length), generated block by block from a seed so that no step holds them all:
+look-alike photos (200 themes, each photo its theme plus as much noise, cosine about 0.5 between
+photos of a theme) and, in each block, 5 % planted near-copies of earlier photos (noise 0.5 of the
+photo's scale, cosine about 0.9). The compressed index (``candidates.compressed_index``: PCA192,
+IVF, SQ8) is trained on a seeded sample, filled and searched blockwise; exact search of a sample of
+queries against every vector (regenerated block by block) is the reference. Recall is of planted
+duplicate pairs: of the planted partners exact top-k search finds for the sampled queries, the
+share the index finds too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+
+from samespace import candidates
+
+DIM = 2 * 1280
+BLOCK = 20_000
+THEMES = 200
+COPY_SHARE = 0.05
+K = 20
+SAMPLE_QUERIES = 500
+
+
+def themes(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng([seed, 0]).standard_normal((THEMES, DIM)).astype(np.float32)
+
+
+def block(number: int, size: int, centres: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Block ``number``'s unit vectors and its planted pairs (rows within the block)."""
+    rng = np.random.default_rng([seed, 1 + number])
+    x = centres[rng.integers(0, THEMES, size)] + rng.standard_normal((size, DIM), dtype=np.float32)
+    copies = int(size * COPY_SHARE)
+    sources = rng.choice(size - copies, copies, replace=False)
+    x[size - copies :] = x[sources] + 0.5 * rng.standard_normal((copies, DIM), dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, np.stack([sources, np.arange(size - copies, size)], axis=1)
+
+
+def blocks(n: int, centres: np.ndarray) -> Iterator[np.ndarray]:
+    for number, start in enumerate(range(0, n, BLOCK)):
+        yield block(number, min(BLOCK, n - start), centres)[0]
+
+
+def pick(rows: np.ndarray, n: int, centres: np.ndarray) -> np.ndarray:
+    """The vectors of sorted global ``rows``, regenerated block by block."""
+    parts = []
+    for start, x in zip(range(0, n, BLOCK), blocks(n, centres)):
+        parts.append(x[rows[(rows >= start) & (rows < start + len(x))] - start])
+    return np.concatenate(parts)
+
+
+def exact_top_k(queries: np.ndarray, rows: np.ndarray, n: int, centres: np.ndarray) -> np.ndarray:
+    """Exact top-k (own row excluded) of ``queries`` over all n vectors, block by block."""
+    best_s = np.full((len(queries), K), -np.inf, np.float32)
+    best_i = np.zeros((len(queries), K), np.int64)
+    q = torch.from_numpy(queries)
+    for number, x in enumerate(blocks(n, centres)):
+        start = number * BLOCK
+        s = (q @ torch.from_numpy(x).T).numpy()
+        s[(rows[:, None] - start) == np.arange(len(x))[None, :]] = -np.inf
+        both_s = np.concatenate([best_s, s], axis=1)
+        both_i = np.concatenate([best_i, start + np.broadcast_to(np.arange(len(x)), s.shape)], axis=1)
+        keep = np.argsort(-both_s, axis=1)[:, :K]
+        best_s, best_i = np.take_along_axis(both_s, keep, 1), np.take_along_axis(both_i, keep, 1)
+    return best_i
+
+
+def bench_scale(quick: bool, row: Callable[..., None], target: Callable[..., None]) -> None:
+    n = 100_000 if quick else 1_000_000
+    centres = themes()
+    rng = np.random.default_rng(1)
+    train_rows = np.sort(rng.choice(n, candidates.training_size(n), replace=False))
+    started = time.perf_counter()
+    index = candidates.compressed_index(DIM, n, pick(train_rows, n, centres))
+    trained = time.perf_counter()
+    pairs = []
+
+    def filled() -> Iterator[np.ndarray]:
+        for number, start in enumerate(range(0, n, BLOCK)):
+            x, planted = block(number, min(BLOCK, n - start), centres)
+            pairs.append(start + planted)
+            yield x
+
+    candidates.add_blocks(index, filled())
+    built = time.perf_counter()
+    table = np.concatenate(list(candidates.search_blocks(index, blocks(n, centres), K)))
+    searched = time.perf_counter()
+    per_photo = candidates.index_bytes(index) / index.ntotal
+    planted_pairs = np.concatenate(pairs)
+    queries = np.sort(rng.choice(planted_pairs[:, 1], SAMPLE_QUERIES, replace=False))  # copies: each has a partner
+    partner = dict(zip(planted_pairs[:, 1].tolist(), planted_pairs[:, 0].tolist()))
+    exact = exact_top_k(pick(queries, n, centres), queries, n, centres)
+    found_exact = [partner[q] in set(exact[i].tolist()) for i, q in enumerate(queries)]
+    found_index = [partner[q] in set(table[q].tolist()) for q in queries]
+    both = sum(e and f for e, f in zip(found_exact, found_index))
+    recall = both / max(1, sum(found_exact))
+    label = f"N={n:,}"
+    row("scale", f"{label} index {index.__class__.__name__}, nprobe {candidates.NPROBE}", f"{per_photo:.0f} B/photo")
+    seconds = f"{trained - started:.0f} / {built - trained:.0f} / {searched - built:.0f} s"
+    row("scale", f"{label} train / add / search (k={K})", seconds)
+    row("scale", f"{label} planted partners exact finds (of {SAMPLE_QUERIES})", f"{sum(found_exact)}")
+    row("scale", f"{label} duplicate-pair recall against exact", f"{recall:.4f}")
+    target(f"scale_n{n}_duplicate_pair_recall", f"{recall:.4f}", ">= 0.99", recall >= 0.99)
+    target(f"scale_n{n}_index_bytes_per_photo", f"{per_photo:.0f} B", "<= 300 B", per_photo <= 300)
+
+
+def bench_against(quick: bool, row: Callable[..., None], target: Callable[..., None], write_photos) -> None:
+    """``--against`` with 100 new photos against a catalogue of 10,000 (``--quick``: 1,000): the
+    real MobileNetV3-Large trunk (random weights: speed only) on generated 640x480 JPEGs, against
+    re-running dedup on the union, both with all pairs of the new photos scored (``search="all"``),
+    so both score the same pairs of new photos and their scores can be compared."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from samespace import catalogue, dedup
+    from samespace.network import SiameseNet
+
+    size, new = (1_000, 100) if quick else (10_000, 100)
+    cpu = torch.device("cpu")
+    net = SiameseNet(pretrained=False).eval()
+    with tempfile.TemporaryDirectory(prefix="samespace-against-") as tmp:
+        union = Path(tmp) / "union"
+        write_photos(union / "kept", size + new)
+        (union / "new").mkdir()
+        for path in sorted((union / "kept").iterdir())[size:]:  # rooms spill over: duplicates across
+            shutil.move(path, union / "new" / path.name)
+        catalogue.append(
+            Path(tmp) / "catalogue",
+            net,
+            *catalogue.rows_of(dedup.embed_photos(net, union / "kept", cpu, engine_name="torch")),
+            None,
+        )  # noqa: E501
+
+        def again() -> dedup.Dedup:
+            embedded = dedup.embed_photos(net, union, cpu, recursive=True, engine_name="torch")
+            return dedup.dedup_embedded(embedded, net.head, search="all")
+
+        def against() -> dedup.Dedup:
+            embedded = dedup.embed_photos(net, union / "new", cpu, engine_name="torch")
+            return catalogue.against(catalogue.load(Path(tmp) / "catalogue"), embedded, net.head, search="all")[0]
+
+        start = time.perf_counter()
+        whole = again()
+        middle = time.perf_counter()
+        query = against()
+        end = time.perf_counter()
+    ratio = (middle - start) / (end - middle)
+    full = [str(union / n) if not n.startswith("/") else n for n in whole.names]
+    scores = {tuple(sorted((full[a], full[b]))): s for a, b, s in zip(whole.first, whole.second, whole.scores)}
+    names = [str(union / "new" / n) if not n.startswith("/") else n for n in query.names]
+    mine = {tuple(sorted((names[a], names[b]))): s for a, b, s in zip(query.first, query.second, query.scores)}
+    gap = max((abs(scores[pair] - s) for pair, s in mine.items()), default=float("nan"))
+    with_new = {pair for pair in scores if any("/new/" in name for name in pair)}
+    label = f"{new} new against {size:,}"
+    row(
+        "scale",
+        f"--against, {label}: time vs dedup of the union",
+        f"{end - middle:.1f} s vs {middle - start:.1f} s: {ratio:.0f}x",
+    )
+    row("scale", f"--against, {label}: same pairs; largest score gap", f"{set(mine) == with_new}; {gap:.1e}")
+    if quick:
+        target("against_10000_speedup", f"{ratio:.0f}x at {size:,} (--quick)", ">= 50x at 10,000", None)
+    else:
+        target("against_10000_speedup", f"{ratio:.0f}x", ">= 50x", ratio >= 50 and set(mine) == with_new)
