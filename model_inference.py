@@ -435,8 +435,8 @@ def build_parser() -> Parser:
         choices=INDEX_METHODS,
         default="auto",
         help=(
-            f"neighbour search: exact up to {EXACT_LIMIT:,} photos, faiss HNSW above (auto); "
-            "ivfpq: compressed faiss index, about 200 B a photo"
+            f"neighbour search: exact up to {EXACT_LIMIT:,} photos, above a compressed faiss index (auto; "
+            "ivfpq: that index, about 200 B a photo); faiss: HNSW, 10 KB a photo"
         ),
     )
     dd.add_argument(

@@ -6,23 +6,19 @@ neighbours by cosine similarity and scores only those pairs with the head.
 
 Search method: exact blockwise cosine top-k in torch up to ``EXACT_LIMIT`` photos. It is exact,
 runs on the GPU when there is one, and at 50,000 photos costs one 50k x 50k x 2560 matrix product
-(seconds on a GPU, a couple of minutes on two CPU cores). Beyond that, faiss's HNSW graph index:
-near-linear build and query time with recall close to 1 at these settings, where exact search
-would grow quadratically; the benchmarks measure both.
-
-Compressed method ``ivfpq`` (chosen explicitly with ``--index ivfpq``; ``auto`` keeps HNSW above
-``EXACT_LIMIT`` until the compressed index's recall is measured on 2,560-d tower embeddings): faiss
-``PCA192,IVF{K},SQ8`` on inner product. Each photo costs 192 bytes of 8-bit code plus an 8-byte id
-(200 bytes) instead of 10 KB of float32, plus a fixed part (PCA projection 2560 x 192 floats =
-2 MB, the training-only full PCA matrix dropped, K x 192 float centroids) that divides away as
-the folder grows. (PQ64 codes would be 72 bytes, but
-faiss-cpu 1.15.1's PQ training did not finish in minutes on this shared machine, so SQ8 it is.)
-``index_bytes(index) / index.ntotal`` is the serialised size per photo; tests keep it at or
-below 300 bytes. ``NPROBE`` cells are searched per query; it was set so that recall of planted
-duplicate pairs against exact search is at least 0.99 on 128-d look-alike vectors
-(tests/test_candidates.py); at 2,560-d it is not measured yet. The index is trained on a sample, filled and searched
-blockwise (``compressed_index``, ``add_blocks``, ``search_blocks``), so a caller never needs all
-float32 vectors in memory at once.
+(seconds on a GPU, a couple of minutes on two CPU cores). Beyond that (``auto``), or with
+``--index ivfpq``, a compressed faiss index, ``PCA192,IVF{K},SQ8`` on inner product: each photo
+costs 192 bytes of 8-bit code plus an 8-byte id (200 bytes) instead of 10 KB of float32 (HNSW,
+``--index faiss``, keeps the float32 vectors and its graph), plus a fixed part (the PCA projection,
+2560 x 192 floats = 2 MB, the training-only full PCA matrix dropped; K x 192 float centroids)
+that divides away as the folder grows. (PQ64 codes would be 72 bytes, but faiss-cpu 1.15.1's PQ
+training did not finish in minutes on this shared machine, so SQ8 it is.)
+``index_bytes(index) / index.ntotal`` is the serialised size per photo. ``NPROBE`` cells are
+searched per query: recall of planted duplicate pairs against exact search is at least 0.99 on
+128-d look-alike vectors (tests/test_candidates.py) and on 100,000 synthetic 2,560-d ones
+(``benchmarks/run.py --quick --sections scale``). The index is trained on a seeded sample, filled
+and searched blockwise (``compressed_index``, ``add_blocks``, ``search_blocks``), so a caller never
+needs all float32 vectors in memory at once.
 """
 
 from __future__ import annotations
@@ -39,7 +35,7 @@ logger = logging.getLogger("samespace.candidates")
 
 EXACT_LIMIT = 50_000
 METHODS = ("auto", "exact", "faiss", "ivfpq")
-NPROBE = 16  # IVF cells searched per query: duplicate-pair recall >= 0.99 in the tests (128-d)
+NPROBE = 16  # IVF cells searched per query: duplicate-pair recall >= 0.99 (tests at 128-d, benchmarks at 2,560-d)
 COMPRESSED_MIN = 5_000  # fewer photos than this train a poor coarse quantizer: exact search instead
 TRAIN_PER_CELL = 40  # faiss warns below 39 training vectors per IVF cell
 
@@ -155,9 +151,9 @@ def nearest_neighbours(vectors: torch.Tensor, k: int, method: str = "auto") -> n
         raise ValueError(f"method must be one of {METHODS}")
     if len(vectors) < 2 or k < 1:
         return np.empty((len(vectors), 0), np.int64)
-    if method == "faiss" or (method == "auto" and len(vectors) > EXACT_LIMIT):
+    if method == "faiss":
         return knn_faiss(vectors, k)
-    if method == "ivfpq":
+    if method == "ivfpq" or (method == "auto" and len(vectors) > EXACT_LIMIT):
         if len(vectors) >= COMPRESSED_MIN:
             return knn_ivfpq(vectors, k)
         logger.info("ivfpq needs at least %d photos to train; exact search for %d", COMPRESSED_MIN, len(vectors))

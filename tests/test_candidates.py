@@ -115,3 +115,15 @@ def test_ivfpq_below_its_training_minimum_searches_exactly(vectors):
     assert np.array_equal(
         candidates.nearest_neighbours(vectors, 5, method="ivfpq"), candidates.knn_exact(vectors, 5)
     )
+
+
+def test_auto_searches_the_compressed_index_above_the_exact_limit(vectors, monkeypatch):
+    calls = []
+    monkeypatch.setattr(candidates, "EXACT_LIMIT", len(vectors) - 1)
+    monkeypatch.setattr(candidates, "COMPRESSED_MIN", 1)
+    monkeypatch.setattr(candidates, "knn_ivfpq", lambda v, k: calls.append(len(v)) or candidates.knn_exact(v, k))
+    candidates.nearest_neighbours(vectors, 5)
+    assert calls == [len(vectors)]
+    monkeypatch.setattr(candidates, "EXACT_LIMIT", len(vectors))
+    candidates.nearest_neighbours(vectors, 5)
+    assert calls == [len(vectors)]  # at the limit: exact
