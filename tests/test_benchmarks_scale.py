@@ -1,0 +1,31 @@
+"""benchmarks/scale.py counts what it says: its planted pairs are real, its exact reference is exact."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import benchmarks.scale as scale
+
+
+def test_blocks_are_unit_vectors_with_near_copies_and_regenerate_alike(monkeypatch):
+    monkeypatch.setattr(scale, "BLOCK", 400)
+    centres = scale.themes()
+    x, planted = scale.block(0, 400, centres)
+    again, _ = scale.block(0, 400, centres)
+    assert np.array_equal(x, again) and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-5)
+    copies = np.einsum("ij,ij->i", x[planted[:, 0]], x[planted[:, 1]])
+    assert len(planted) == 20 and copies.min() > 0.8  # a copy is far closer than a theme-mate (~0.5)
+    picked = scale.pick(np.array([3, 401, 799]), 800, centres)
+    assert np.array_equal(picked[1], scale.block(1, 400, centres)[0][1])
+
+
+def test_exact_top_k_is_brute_force_without_the_query_itself(monkeypatch):
+    monkeypatch.setattr(scale, "BLOCK", 300)
+    monkeypatch.setattr(scale, "K", 5)
+    centres = scale.themes()
+    every = np.concatenate(list(scale.blocks(700, centres)))
+    rows = np.array([0, 299, 300, 650])
+    found = scale.exact_top_k(every[rows], rows, 700, centres)
+    similarity = every[rows] @ every.T
+    similarity[np.arange(4), rows] = -np.inf
+    assert np.array_equal(np.sort(found, 1), np.sort(np.argsort(-similarity, 1)[:, :5], 1))
