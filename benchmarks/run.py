@@ -765,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_cpu(args.quick, args.imagededup_python)
     if "gpu" in sections:
         bench_gpu(args.quick)
-    if "scale" in sections:  # not in the default list: about 10 minutes with --quick on 2 cores
+    if "scale" in sections:  # not in the default list: 20 minutes with --quick on 2 loaded cores
         from benchmarks.scale import bench_against, bench_scale
 
         bench_scale(args.quick, row, target)
