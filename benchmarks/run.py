@@ -625,11 +625,20 @@ def dedup_stages(net: SiameseNet, paths: list[Path]) -> dict[str, float]:
     (first, second), towers_s = timed(lambda: embedder.embed(trunk_features))
     names = [path.name for path in paths]
     _, head_s = timed(lambda: score_embeddings(first, second, net.head, names))
+    # thread_split's choice below 8 cores: decode between trunk passes with every core, rather
+    # than one thread decoding the next chunk while the engine runs on the rest
+    decoders = max(1, torch.get_num_threads() // 2)
+    trunk_threads = max(1, torch.get_num_threads() - decoders)
+    overlapping = scoring.Embedder(net, cpu, engine_name="auto", trunk_threads=trunk_threads)
+    _, overlapped_s = timed(lambda: scoring.features_of_files(overlapping, paths, decode_threads=decoders))
+    _, in_turn_s = timed(lambda: scoring.features_of_files(embedder, paths, decode_threads=0))
     return {
         "decode + resize (PIL, draft, all cores)": decode_s,
         f"preprocessing + trunk ({embedder.engine})": trunk_s,
         "towers": towers_s,
         "candidates + head": head_s,
+        "decode and trunk in turn, all cores each (the default here)": in_turn_s,
+        f"decode overlapped with the trunk ({decoders} decode thread(s), the rest the engine's)": overlapped_s,
     }
 
 
