@@ -206,7 +206,9 @@ def read_shards(folder: Path, manifest: Manifest) -> dict[str, np.ndarray]:
     return joined
 
 
-def embedded_from_shards(shards: dict[str, np.ndarray], manifest: Manifest) -> dedup.Embedded:
+def embedded_from_shards(
+    shards: dict[str, np.ndarray], manifest: Manifest, engine: str | None = None
+) -> dedup.Embedded:
     """The shards as ``dedup.Embedded``: one embedded photo per set of byte-identical copies, the
     first of each in manifest order, exactly as local dedup groups them."""
     ids = shards["ids"].astype(np.int64)
@@ -234,12 +236,15 @@ def embedded_from_shards(shards: dict[str, np.ndarray], manifest: Manifest) -> d
         torch.from_numpy(shards["second"])[rows],
         skipped,
         0,
+        engine,
     )
 
 
-def finish(settings: JobSettings, net: Any, shards_folder: Path, manifest: Manifest, label: str) -> dict:
+def finish(
+    settings: JobSettings, net: Any, shards_folder: Path, manifest: Manifest, label: str, engine: str | None = None
+) -> dict:
     """The chief's part: shards to dedup's outputs (and the catalogue), local dedup's own stages."""
-    embedded = embedded_from_shards(read_shards(shards_folder, manifest), manifest)
+    embedded = embedded_from_shards(read_shards(shards_folder, manifest), manifest, engine)
     result = dedup.dedup_embedded(
         embedded, net.head, threshold=settings.threshold, search=settings.search,
         neighbours=settings.neighbours, index=settings.index, keep=settings.keep,
@@ -317,7 +322,7 @@ def processor_class(settings: JobSettings, manifest: Manifest) -> type:
                 return
             output_uuid = self.context._storage_path.split("/")[0]
             with self.context._core_context.checkpoint._storage_manager.restore_path(output_uuid) as folder:
-                finish(settings, self.net, Path(folder), manifest, self.label)
+                finish(settings, self.net, Path(folder), manifest, self.label, self.embedder.engine)
 
     return DedupProcessor
 

@@ -335,6 +335,6 @@ def against(
         f"{search} against a catalogue of {n_old}", evaluations,
     )  # fmt: skip
     result.mark_identical([[position[i] for i in group] for group in identical])
-    result.trunk_images, result.unreadable = embedded.trunk_images, embedded.skipped
+    result.trunk_images, result.unreadable, result.engine = embedded.trunk_images, embedded.skipped, embedded.engine
     dedup.rank_for_keeping(result, paths, keep)
     return result, rows, both

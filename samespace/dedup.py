@@ -40,6 +40,7 @@ class Dedup:
     search: str
     head_evaluations: int
     trunk_images: int = 0
+    engine: str | None = None  # what ran the trunk (``engine.label``); None: no model (a hash method)
     unreadable: list[Skipped] = dataclasses.field(default_factory=list)
     reasons: np.ndarray | None = None  # per scored pair: MODEL or IDENTICAL
     identical: list[list[int]] = dataclasses.field(default_factory=list)  # byte-identical groups
@@ -306,6 +307,7 @@ class Embedded:
     second: torch.Tensor
     skipped: list[Skipped]
     trunk_images: int = 0
+    engine: str | None = None  # what ran the trunk (``engine.label``)
 
     @property
     def identical(self) -> list[list[int]]:
@@ -360,6 +362,7 @@ def embed_photos(
         second,
         skipped,
         embedder.trunk_images,
+        embedder.engine,
     )
 
 
@@ -380,6 +383,7 @@ def group_pairs(
     result = Dedup(list(embedded.names), rep_index[a], rep_index[b], scores, threshold, search, head_evaluations)
     result.mark_identical(embedded.identical)
     result.trunk_images, result.unreadable = embedded.trunk_images, embedded.skipped
+    result.engine = embedded.engine
     rank_for_keeping(result, embedded.paths, keep)
     return result
 
@@ -467,6 +471,7 @@ def write_outputs(
         "threshold": round(float(result.threshold), 4),
         **({"threshold from": threshold_source} if threshold_source else {}),
         "search": result.search,
+        **({"engine": result.engine} if result.engine else {}),
         "scored pairs": int(len(result.scores)),
         "head evaluations": result.head_evaluations,
         "identical copies": sum(len(group) - 1 for group in result.identical),
