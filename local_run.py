@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import inspect
 import io
@@ -32,6 +33,7 @@ import json
 import logging
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -280,13 +282,31 @@ def local_distributed() -> Iterator[det.core.DistributedContext | None]:
 
 
 class RunStopped(SameSpaceError):
-    """A local run that stopped before its end (interrupted, or diverged), and the checkpoint it
-    can continue from (None: none was written)."""
+    """A local run that stopped before its end (interrupted, diverged, or out of disk), and the
+    checkpoint it can continue from (None: none was written). ``resumable``: the resume command
+    is shown (not after a divergence, whose checkpoint would restore the same settings)."""
 
-    def __init__(self, message: str, checkpoint: str | None, interrupted: bool = False):
+    def __init__(
+        self,
+        message: str,
+        checkpoint: str | None,
+        interrupted: bool = False,
+        resumable: bool | None = None,
+        exit_code: int | None = None,
+    ):
         super().__init__(message)
         self.checkpoint = checkpoint
         self.interrupted = interrupted
+        self.resumable = interrupted if resumable is None else resumable
+        self.exit_code = exit_code or (130 if interrupted else 2)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or a scheduler's SIGTERM, raised in the main thread so the run unwinds the same way."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def train_locally(trial_cls: type[pytorch.PyTorchTrial], args: argparse.Namespace) -> pytorch.PyTorchTrial:
@@ -308,6 +328,8 @@ def train_locally(trial_cls: type[pytorch.PyTorchTrial], args: argparse.Namespac
     checkpoint_period = pytorch.Epoch(args.checkpoint_epochs) if args.checkpoint_epochs else None
     resume, resume_batches = local_checkpoint(args.resume) if args.resume else (None, 0)
     trial = None
+    root = local_checkpoint_root()
+    existing = set(os.listdir(root)) if root.is_dir() else set()  # never touched
     try:
         with contextlib.ExitStack() as stack:
             # The data directory given on the command line beats $SAMESPACE_DATA_DIR for this run.
@@ -329,13 +351,98 @@ def train_locally(trial_cls: type[pytorch.PyTorchTrial], args: argparse.Namespac
                 checkpoint_policy="all",
                 latest_checkpoint=resume,
             )
-    except KeyboardInterrupt:
-        latest = last_checkpoint(trial, resume)
+    except KeyboardInterrupt as exc:
+        remove_partial_checkpoints(root, existing, trial)  # a Ctrl-C during a checkpoint write
+        signum = getattr(exc, "signum", signal.SIGINT)
+        how = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
         done = batches_done(trial, resume_batches)
-        raise RunStopped(f"interrupted after batch {done}", latest, interrupted=True) from None
+        latest = last_checkpoint(trial, resume)
+        raise RunStopped(
+            f"interrupted{how} after batch {done}", latest, interrupted=True, exit_code=128 + signum
+        ) from None
     except TrainingError as exc:
         raise RunStopped(str(exc), last_checkpoint(trial, resume)) from None
+    except Exception as exc:
+        partial = remove_partial_checkpoints(root, existing, trial)
+        if not partial:
+            raise
+        raise checkpoint_failure(exc, root, partial, trial, resume, batches_done(trial, resume_batches)) from None
     return trial
+
+
+def remove_partial_checkpoints(root: Path, existing: set[str], trial: pytorch.PyTorchTrial | None) -> dict[str, int]:
+    """Delete the checkpoint folders this run began and did not finish (a write that failed or
+    was interrupted); returns their names and the bytes they held. Complete ones have their
+    checksum record (written when the trial's files are) and Determined's metadata.json (last)."""
+    if trial is None or not root.is_dir():
+        return {}
+    complete = {Path(c).name for c in trial.report.checkpoints if (Path(c) / "metadata.json").is_file()}
+    trial.report.checkpoints[:] = [c for c in trial.report.checkpoints if Path(c).name in complete]
+    removed = {}
+    for folder in root.iterdir():
+        if folder.name in existing or folder.name in complete or folder.name == "tensorboard":
+            continue
+        if not folder.is_dir() or folder.is_symlink() or not UUID_NAME.fullmatch(folder.name):
+            continue
+        removed[folder.name] = folder_bytes(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+        logger.info("removed the partial checkpoint %s", folder)
+    return removed
+
+
+UUID_NAME = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
+def checkpoint_bytes(trial: pytorch.PyTorchTrial, resumed: str | None, root: Path) -> int:
+    """What a checkpoint of this run takes: its last complete one, else its weights and
+    optimizer state (what ``state_dict.pth`` holds)."""
+    for name in [*(Path(c).name for c in reversed(trial.report.checkpoints)), resumed]:
+        if name and (root / name).is_dir():
+            return folder_bytes(root / name)
+    net, optimizer = getattr(trial, "net", None), getattr(trial, "optimizer", None)
+    states = [net.state_dict()] if net is not None else []
+    states += list(optimizer.state_dict()["state"].values()) if optimizer is not None else []
+    return sum(t.numel() * t.element_size() for state in states for t in state.values() if torch.is_tensor(t))
+
+
+def checkpoint_failure(
+    exc: Exception, root: Path, partial: dict[str, int], trial: pytorch.PyTorchTrial, resume: str | None, done: int
+) -> RunStopped:
+    """One line for a checkpoint that could not be written (its partial folder already removed),
+    naming the disk, the space a checkpoint needs and the last complete checkpoint. torch reports
+    a full disk as RuntimeError ("unexpected pos"), so the free space decides, as the errno does."""
+    needed = checkpoint_bytes(trial, resume, root)
+    free = shutil.disk_usage(root).free
+    causes, cause = [], exc
+    while cause is not None and len(causes) < 10:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    full = any(isinstance(c, OSError) and c.errno in DISK_FULL for c in causes) or free < needed
+    removed = ", ".join(partial)
+    if full:
+        why = (
+            f"the disk holding {root} (mounted at {mount_point(root)}) is full: {free / 2**20:,.0f} MiB free, "
+            f"a checkpoint needs about {needed / 2**20:,.0f} MiB; free space there or set XDG_DATA_HOME to another disk"
+        )
+    else:
+        why = f"{type(exc).__name__}: {first_line(exc, 200)}"
+    return RunStopped(
+        f"cannot write the checkpoint after batch {done}: {why}; removed the partial checkpoint {removed}",
+        last_checkpoint(trial, resume),
+        resumable=True,
+    )
 
 
 def last_checkpoint(trial: pytorch.PyTorchTrial | None, resumed: str | None) -> str | None:
@@ -346,6 +453,15 @@ def last_checkpoint(trial: pytorch.PyTorchTrial | None, resumed: str | None) -> 
 
 def batches_done(trial: pytorch.PyTorchTrial | None, resumed_at: int) -> int:
     return trial.report.batches if trial is not None else resumed_at
+
+
+def checkpoint_batch(checkpoint: str) -> int | None:
+    """The batch a local checkpoint was saved at (Determined's metadata.json), None if unreadable."""
+    try:
+        steps = json.loads((local_checkpoint_root() / checkpoint / "metadata.json").read_text())["steps_completed"]
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        return None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
 
 
 def resume_command(checkpoint: str, argv: Sequence[str]) -> str:
@@ -572,36 +688,43 @@ def summarise(trial: pytorch.PyTorchTrial) -> None:
             print(f"best checkpoint: {Path(best).name} (validation_loss {report.losses[best]:.6f}; {best})")
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers send
+
+
 def stop_at_second_interrupt(signum: int, frame: Any) -> None:
-    """The first Ctrl-C stops the run cleanly; a second one during that cleanup ends it at once."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    raise KeyboardInterrupt
+    """The first Ctrl-C (or SIGTERM) stops the run cleanly; a second one during that cleanup ends it at once."""
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_DFL)
+    raise Interrupted(signum)
 
 
 def main(trial_cls: type[pytorch.PyTorchTrial], argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, stop_at_second_interrupt) if main_thread else None
+    previous = {stop: signal.signal(stop, stop_at_second_interrupt) for stop in STOP_SIGNALS} if main_thread else {}
     try:
         trial = run_demo(trial_cls, args) if args.demo else train_locally(trial_cls, args)
     except RunStopped as exc:
         if not exc.checkpoint:
             where = "no checkpoint was written"
-        elif exc.interrupted:
-            where = f"continue from checkpoint {exc.checkpoint} with: {resume_command(exc.checkpoint, argv)}"
+        elif exc.resumable:
+            batch = checkpoint_batch(exc.checkpoint)
+            at = f" (saved at batch {batch}, where training resumes)" if batch is not None else ""
+            where = f"continue from checkpoint {exc.checkpoint}{at} with: {resume_command(exc.checkpoint, argv)}"
         else:  # resuming would restore the checkpoint's optimizer settings too, so no command
             where = f"last good checkpoint: {exc.checkpoint} (in {local_checkpoint_root()})"
         print(f"stopped: {exc}; {where}", file=sys.stderr)
-        return 130 if exc.interrupted else 2
-    except KeyboardInterrupt:
-        print("stopped: interrupted before training began; no checkpoint was written", file=sys.stderr)
-        return 130
+        return exc.exit_code
+    except KeyboardInterrupt as exc:
+        how = "" if getattr(exc, "signum", signal.SIGINT) == signal.SIGINT else f" by {exc}"
+        print(f"stopped: interrupted{how} before training began; no checkpoint was written", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)
     except SameSpaceError as exc:
         print("\n".join(f"error: {line}" for line in str(exc).splitlines()), file=sys.stderr)
         return 2
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
     summarise(trial)
     return 0

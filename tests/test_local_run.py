@@ -254,7 +254,10 @@ def test_a_run_diverging_later_names_its_last_good_checkpoint(tiny, clean_env, m
     assert all(torch.isfinite(p).all() for p in net.parameters())  # the kept checkpoint is good
 
 
-def test_ctrl_c_stops_training_with_one_line_saying_how_to_resume(tiny, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_training_with_one_line_saying_how_to_resume(tiny, tmp_path, stop):
+    """Ctrl-C, or the SIGTERM a scheduler sends: one line naming the checkpoint and the batch it
+    was saved at (where a resumed run starts), not only the batch reached."""
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg"), "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
     env.pop(DATA_DIR_ENV, None)
     flags = ["--data-dir", str(tiny), "--epochs", "500", "--no-pretrained", "--no-download"]
@@ -273,21 +276,71 @@ def test_ctrl_c_stops_training_with_one_line_saying_how_to_resume(tiny, tmp_path
             if "checkpoint written:" in line or time.monotonic() > deadline:
                 break
         assert any("checkpoint written:" in line for line in lines), "".join(lines)[-3000:]
-        run.send_signal(signal.SIGINT)
+        time.sleep(1)  # into the next epoch's batches
+        run.send_signal(stop)
         rest, _ = run.communicate(timeout=120)
     finally:
         if run.poll() is None:
             run.kill()
     output = "".join(lines) + rest
-    assert run.returncode == 130, output[-3000:]
+    assert run.returncode == 128 + stop, output[-3000:]
     assert "Traceback" not in output and "KeyboardInterrupt" not in output
     last = output.strip().splitlines()[-1]
-    kept = [p.name for p in (tmp_path / "xdg" / "determined").iterdir() if p.name != "tensorboard"]
+    root = tmp_path / "xdg" / "determined"
+    kept = [p.name for p in root.iterdir() if p.name != "tensorboard"]
     latest = next(line for line in reversed(lines + rest.splitlines()) if "checkpoint written:" in line)
     uuid = Path(latest.split("checkpoint written: ")[1].split(" ")[0]).name
     assert uuid in kept
-    assert last.startswith("stopped: interrupted after batch ")
+    saved_at = json.loads((root / uuid / "metadata.json").read_text())["steps_completed"]
+    how = "" if stop == signal.SIGINT else " by SIGTERM"
+    assert last.startswith(f"stopped: interrupted{how} after batch ")
+    assert f"continue from checkpoint {uuid} (saved at batch {saved_at}, where training resumes) with: " in last
     assert last.endswith(f"with: python model_def.py {' '.join(flags)} --resume {uuid}")
+
+
+@pytest.mark.parametrize("failure", ["torch", "errno"])
+def test_a_checkpoint_on_a_full_disk_is_one_line_naming_the_last_complete_one(
+    tiny, clean_env, monkeypatch, capsys, failure
+):
+    """The second checkpoint's write runs out of space: as torch reports it (RuntimeError from its
+    zip writer, the disk then showing little free space), or as an OSError with ENOSPC. One
+    line names the disk and the space needed; the partial folder is gone; the first (complete)
+    checkpoint is named, with the command that resumes from it."""
+    import errno
+    import shutil
+
+    real_save, saves = torch.save, []
+
+    def save_then_fill_the_disk(obj, target, *args, **kwargs):
+        saves.append(target)
+        if len(saves) == 1:
+            return real_save(obj, target, *args, **kwargs)
+        Path(target).write_bytes(b"PK\x03\x04 half a zip")  # what a write cut short leaves
+        if failure == "errno":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4096 vs 4030")
+
+    real_usage = shutil.disk_usage
+    if failure == "torch":
+        monkeypatch.setattr(local_run.shutil, "disk_usage", lambda path: real_usage(path)._replace(free=3 << 20))
+    monkeypatch.setattr(torch, "save", save_then_fill_the_disk)
+    argv = ["--config", config_with(clean_env, compile_optimizer="false"), "--data-dir", str(tiny), "--epochs", "3"]
+    argv += ["--no-pretrained", "--no-download"]
+    assert local_run.main(model_def.SiameseTrial, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    root = clean_env / "xdg" / "determined"
+    kept = [p.name for p in root.iterdir() if p.name != "tensorboard"]
+    assert len(kept) == 1 and len(saves) == 2  # the partial second checkpoint removed
+    partial = Path(saves[1]).parent.name
+    assert not (root / partial).exists() and partial != kept[0]
+    line = err[0]
+    assert line.startswith("stopped: cannot write the checkpoint after batch 18: the disk holding ")
+    assert f"{root} (mounted at " in line and "a checkpoint needs about " in line
+    needed = sum(p.stat().st_size for p in (root / kept[0]).rglob("*") if p.is_file())
+    assert f"needs about {needed / 2**20:,.0f} MiB" in line
+    assert f"removed the partial checkpoint {partial}; continue from checkpoint {kept[0]} (saved at batch 9, " in line
+    assert line.endswith(f"--resume {kept[0]}")
 
 
 def test_more_processes_than_gpus_stop_with_one_line(monkeypatch):
