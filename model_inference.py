@@ -68,6 +68,11 @@ def output_folder(
         raise OutputError(f"output {output}: {existing} is {kind}, not a folder; pass --output DIR")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"output {output}: no permission to write in {existing}; pass --output DIR elsewhere")
+    if scanned is not None and existing == where and not os.access(where.parent, os.W_OK | os.X_OK):
+        raise OutputError(  # dedup's set is built beside the folder, then switched in (reports.output_set)
+            f"output {output}: no permission to write in {where.parent}, where the new reports are built before "
+            "they replace the old; pass --output DIR elsewhere"
+        )
     reports.prepare_output(output, args.force, create=False)
     return output
 

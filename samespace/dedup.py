@@ -355,7 +355,6 @@ def write_outputs(
     """``duplicates.json``, ``to_remove.json``, ``pairs.csv``, ``report.html`` and ``summary.json``
     in ``output``, each written whole or not at all; returns the summary. ``checkpoint`` names the
     model in the reports; ``warnings`` (about the checkpoint) go into the summary and a banner."""
-    reports.prepare_output(output, force=True)  # the caller checked it before the work
     groups = result.groups()
     pair_scores, identical = report_pairs(result)
     removable = groups_module.to_remove(groups, result.names)
@@ -375,21 +374,23 @@ def write_outputs(
         "to remove": len(removable),
         "kept by": keep,
     }
-    reports.write_json(output / "duplicates.json", result.duplicates(with_scores))
-    reports.write_json(output / "to_remove.json", removable)
-    reports.write_pairs_csv(
-        output / "pairs.csv", result.names, result.first, result.second, result.scores, result.identical
-    )
-    reports.write_dedup_html(
-        output / "report.html", folder, result.names, groups, pair_scores, result.unreadable, summary,
-        identical=identical, warnings=warnings or [], details=groups_module.describe(result.facts),
-    )
-    reports.write_json(
-        output / "summary.json",
-        {
-            **summary,
-            "warnings": list(warnings or []),
-            "skipped": [f"{s.path}: {s.reason}" for s in result.unreadable],
-        },
-    )
+    reports.prepare_output(output, force=True, create=False)  # the caller checked it before the work
+    with reports.output_set(output) as new:  # replaced as a set, or not at all
+        reports.write_json(new / "duplicates.json", result.duplicates(with_scores))
+        reports.write_json(new / "to_remove.json", removable)
+        reports.write_pairs_csv(
+            new / "pairs.csv", result.names, result.first, result.second, result.scores, result.identical
+        )
+        reports.write_dedup_html(
+            new / "report.html", folder, result.names, groups, pair_scores, result.unreadable, summary,
+            identical=identical, warnings=warnings or [], details=groups_module.describe(result.facts),
+        )
+        reports.write_json(
+            new / "summary.json",
+            {
+                **summary,
+                "warnings": list(warnings or []),
+                "skipped": [f"{s.path}: {s.reason}" for s in result.unreadable],
+            },
+        )
     return summary

@@ -10,11 +10,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import ctypes
+import errno
 import html
 import io
 import json
 import os
 import re
+import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -59,11 +62,12 @@ def prepare_output(folder: str | Path, force: bool, create: bool = True) -> Path
     return folder
 
 
-def _default_mode() -> int:
-    """The permissions a plain ``open(path, "w")`` would give (mkstemp makes 0600)."""
+def _default_mode(base: int = 0o666) -> int:
+    """The permissions a plain ``open(path, "w")`` (``base`` 0o777: ``mkdir``) would give; mkstemp
+    and mkdtemp make 0600 and 0700."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return base & ~umask
 
 
 @contextlib.contextmanager
@@ -89,6 +93,76 @@ def atomic_write(path: Path, mode: str = "w", **open_kwargs) -> Iterator[IO]:
         if isinstance(exc, OSError):
             raise OutputError(f"cannot write {path}: {first_line(exc)}") from None
         raise
+
+
+@contextlib.contextmanager
+def output_set(output: Path) -> Iterator[Path]:
+    """A new folder beside ``output`` to write one run's files into, switched in for ``output``
+    as a whole when the block completes: a reader sees the old set or the new one, never a mix.
+    On any failure the new folder is removed and ``output`` is untouched. Files in ``output``
+    that the new set does not have (the user's own) are carried over into the new folder."""
+    output = Path(output)
+    # Beside the folder as named (the report's links to photos are relative to it); a link to a
+    # folder stays a link, and the folder it points to is switched.
+    target = Path(os.path.realpath(output) if output.is_symlink() else os.path.abspath(output))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+        os.chmod(staging, _default_mode(0o777))
+    except OSError as exc:
+        raise OutputError(f"cannot write the reports beside {output}: {first_line(exc)}") from None
+    try:
+        yield staging
+        switch_folder(staging, target)
+    except OSError as exc:
+        raise OutputError(f"cannot write the reports into {output}: {first_line(exc)}; it was left as it was") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # the new set on failure, else the old one
+
+
+def switch_folder(new: Path, target: Path) -> None:
+    """Put the folder ``new`` in place of ``target`` (leaving the old one at ``new``), with the
+    entries of ``target`` that ``new`` lacks moved into it first; all or nothing."""
+    if not os.path.lexists(target):
+        os.rename(new, target)
+        return
+    kept = [name for name in os.listdir(target) if not os.path.lexists(new / name)]
+    moved: list[str] = []
+    try:
+        for name in kept:
+            os.rename(target / name, new / name)
+            moved.append(name)
+        exchange(new, target)
+    except OSError:
+        for name in reversed(moved):  # back where they were
+            with contextlib.suppress(OSError):
+                os.rename(new / name, target / name)
+        raise
+
+
+RENAME_EXCHANGE = 2  # linux/fs.h
+AT_FDCWD = -100
+
+
+def exchange(first: Path, second: Path) -> None:
+    """Swap two folders: atomically with Linux's renameat2(RENAME_EXCHANGE), else (another
+    system, or a file system without it) by two renames, undone if the second fails."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is not None:
+        renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), str(second))
+    aside = first.with_name(first.name + ".old")
+    os.rename(second, aside)
+    try:
+        os.rename(first, second)
+    except OSError:
+        os.rename(aside, second)
+        raise
+    os.rename(aside, first)
 
 
 def to_json(payload: object) -> str:

@@ -205,6 +205,20 @@ def test_output_location_is_checked_before_any_work(tmp_path, monkeypatch, capsy
     assert checksums(tmp_path) == before and not (locked / "out").exists()
 
 
+def test_dedup_into_a_folder_whose_parent_is_read_only_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """dedup builds its new set beside the output folder (reports.output_set): a parent it cannot
+    write in is one line before the checkpoint is read, the old reports untouched."""
+    photos, parent = tmp_path / "photos", tmp_path / "shared"
+    random_photos(photos, ["a.jpg"])
+    (parent / "out").mkdir(parents=True)
+    (parent / "out" / "report.html").write_text("old")
+    monkeypatch.setattr(model_inference.os, "access", lambda path, mode: Path(path) != parent)
+    argv = ["dedup", str(tmp_path / "missing"), str(photos), "--method", "phash", "--force", "--output"]
+    assert model_inference.main([*argv, str(parent / "out")]) == 2
+    assert f"no permission to write in {parent}, where the new reports are built" in one_line_error(capsys)
+    assert [p.name for p in (parent / "out").iterdir()] == ["report.html"]
+
+
 def test_evaluate_without_data_names_the_command_that_fetches_it(tmp_path, capsys):
     assert model_inference.main(["evaluate", str(tmp_path / "ck"), "--data-dir", str(tmp_path / "none")]) == 2
     message = one_line_error(capsys)

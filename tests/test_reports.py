@@ -206,6 +206,69 @@ def test_dedup_outputs_are_whole_and_lossless(tmp_path):
     assert "href='../photos/caf%E9.jpg'" in page
 
 
+def two_runs(tmp_path: Path) -> tuple[Path, Dedup, Dedup]:
+    """A photo folder and two dedup results of it that differ (a pair found, then none)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        photo(folder / name)
+    found = Dedup(["a.jpg", "b.jpg"], np.array([0]), np.array([1]), np.array([0.9]), 0.5, "all", 1)
+    none = Dedup(["a.jpg", "b.jpg"], np.array([0]), np.array([1]), np.array([0.2]), 0.5, "all", 1)
+    return folder, found, none
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_dedup_outputs_are_replaced_as_a_set_or_not_at_all(tmp_path, monkeypatch):
+    """--force over an earlier run, the disk filling up at the 3rd file: the earlier set stays
+    whole (no mix of the two runs), the user's own file stays, and no temporary folder is left."""
+    import contextlib
+    import errno
+
+    folder, found, none = two_runs(tmp_path)
+    out = tmp_path / "out"
+    write_outputs(found, folder, out, with_scores=True)
+    (out / "notes.txt").write_text("mine")
+    before = tree(out)
+    real, writes = reports.atomic_write, []
+
+    @contextlib.contextmanager
+    def third_write_fills_the_disk(path, *args, **kwargs):
+        writes.append(Path(path))
+        with real(path, *args, **kwargs) as handle:
+            if len(writes) == 3:
+                handle.write("half")
+                raise OSError(errno.ENOSPC, "No space left on device")
+            yield handle
+
+    monkeypatch.setattr(reports, "atomic_write", third_write_fills_the_disk)
+    with pytest.raises(OutputError, match="No space left on device") as caught:
+        write_outputs(none, folder, out, with_scores=True)
+    assert "\n" not in str(caught.value) and len(writes) == 3
+    assert tree(out) == before  # the first two new files never reached out/
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "photos"]  # no temporary folder
+
+
+@pytest.mark.parametrize("swap", ["renameat2", "two renames"])
+def test_a_new_dedup_set_replaces_the_old_whole_and_keeps_the_users_files(tmp_path, monkeypatch, swap):
+    folder, found, none = two_runs(tmp_path)
+    out = tmp_path / "out"
+    write_outputs(none, folder, out, with_scores=True)
+    assert json.loads((out / "duplicates.json").read_text())["a.jpg"] == []
+    (out / "notes.txt").write_text("mine")
+    if swap == "two renames":  # a system without renameat2
+        monkeypatch.setattr(reports.ctypes, "CDLL", lambda *args, **kwargs: object())
+    write_outputs(found, folder, out, with_scores=True)
+    assert json.loads((out / "duplicates.json").read_text())["a.jpg"] == [["b.jpg", 0.9]]
+    assert json.loads((out / "summary.json").read_text())["groups"] == 1
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "photos"]
+    assert stat.S_IMODE(out.stat().st_mode) == reports._default_mode(0o777)  # as mkdir makes it
+    assert "href='../photos/a.jpg'" in (out / "report.html").read_text()  # links from out/, not the temporary
+
+
 # --------------------------------------------------------------------------------------------
 # names in HTML
 
