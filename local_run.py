@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import determined as det
+import filelock
 import numpy as np
 import torch
 import torchvision
@@ -55,6 +56,7 @@ from determined import pytorch
 
 import data
 import synthetic
+from samespace import reports
 from samespace.checkpoints import local_checkpoint, local_checkpoint_root
 from samespace.console import progress, progress_enabled
 from samespace.errors import ConfigError, SameSpaceError, TrainingError, first_line
@@ -610,6 +612,7 @@ def check_prerequisites(config: dict[str, Any], hparams: dict[str, Any]) -> None
 # find as many negatives (a balanced pair set).
 DEMO_DATASET = dict(train_rooms=20, test_rooms=6, photos_per_room=(2, 3), train_singles=120, test_singles=80)
 DEMO_MARKER = ".samespace-demo-complete"
+DEMO_LOCK = ".data.lock"  # beside data/, in the demo folder
 
 
 def demo_folder() -> Path:
@@ -625,6 +628,7 @@ def demo_dataset() -> Path:
     The photos are generated into a staging folder whose marker (the dataset's parameters and
     the generator's source hash) is written last, then renamed into place: a folder without the
     current marker is incomplete or stale and is replaced, with the features cached in it.
+    Demos started together wait on a lock beside the folder; the first generates, the rest reuse.
     """
     folder = demo_folder()
     data_dir = folder / "data"
@@ -634,22 +638,45 @@ def demo_dataset() -> Path:
     spec = json.dumps(
         {"dataset": DEMO_DATASET, "generator": hashlib.sha256(source.encode()).hexdigest()}, sort_keys=True
     )
-    marker = data_dir / DEMO_MARKER
-    if marker.is_file() and marker.read_text() == spec:
+    if demo_is_current(data_dir, spec):
         print(f"demo: reusing the generated photos in {data_dir}")
         return data_dir
     folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+    # The lock lives beside the data, not in it: replacing the data never removes a lock that
+    # another demo is waiting on, so demos started together generate the photos once.
+    lock = filelock.FileLock(str(folder / DEMO_LOCK))
     try:
-        made = synthetic.make_dataset(staging, **DEMO_DATASET)
-        (staging / DEMO_MARKER).write_text(spec)
-        if data_dir.exists():
-            shutil.rmtree(data_dir)  # ours, and incomplete or stale
-        staging.rename(data_dir)
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        print(f"demo: waiting for another demo run that is generating the photos in {data_dir}")
+        lock.acquire()
+    try:
+        if demo_is_current(data_dir, spec):  # made by the run we waited for
+            print(f"demo: reusing the generated photos in {data_dir}")
+            return data_dir
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+        try:
+            made = synthetic.make_dataset(staging, **DEMO_DATASET)
+            (staging / DEMO_MARKER).write_text(spec)
+            if data_dir.exists():  # ours, and incomplete or stale: swapped out whole, then removed
+                reports.exchange(staging, data_dir)
+            else:
+                staging.rename(data_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        lock.release()
     print(f"demo: generated {len(made['train'])} training and {len(made['test'])} test photos in {data_dir}")
     return data_dir
+
+
+def demo_is_current(data_dir: Path, spec: str) -> bool:
+    """Whether the demo's data is complete and made by the current generator (its marker is last)."""
+    marker = data_dir / DEMO_MARKER
+    try:
+        return marker.is_file() and marker.read_text() == spec
+    except OSError:
+        return False
 
 
 def run_demo(trial_cls: type[pytorch.PyTorchTrial], args: argparse.Namespace) -> pytorch.PyTorchTrial:

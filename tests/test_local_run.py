@@ -422,7 +422,60 @@ def test_demo_photos_are_generated_once_in_the_cache_folder(tmp_path, monkeypatc
     assert {p: p.stat().st_mtime_ns for p in first.rglob("*.jpg")} == stamp
     (first / local_run.DEMO_MARKER).unlink()  # an interrupted generation: made again, not trusted
     assert local_run.demo_dataset() == first and "generated" in capsys.readouterr().out
-    assert [p.name for p in first.parent.iterdir()] == ["data"]  # no staging folder left
+    assert sorted(p.name for p in first.parent.iterdir()) == [local_run.DEMO_LOCK, "data"]  # no staging folder left
+
+
+DEMO_RACER = """
+import sys, time
+from pathlib import Path
+import local_run, synthetic
+local_run.DEMO_DATASET = dict(train_rooms=2, test_rooms=1, photos_per_room=(2, 2), size=(32, 24))
+make = synthetic.make_dataset
+def slow_make(*args, **kwargs):  # generation outlasts the others' start, as the real one does
+    time.sleep(2)
+    return make(*args, **kwargs)
+synthetic.make_dataset = slow_make
+ready = Path(sys.argv[1])
+(ready / sys.argv[2]).touch()
+while len(list(ready.iterdir())) < 3:  # all three imported: start together
+    time.sleep(0.01)
+print(local_run.demo_dataset())
+"""
+
+
+def test_demos_started_together_generate_the_photos_once(tmp_path):
+    """Three demos on a fresh cache: one generates, two wait on the lock beside the folder and
+    reuse its photos; nobody deletes another's folder, and no staging folder is left."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(PROJECT_DIR)}
+    (tmp_path / "ready").mkdir()
+    (tmp_path / "racer.py").write_text(DEMO_RACER)  # a file: the demo hashes its generator's source
+    runs = [
+        subprocess.Popen(
+            [sys.executable, str(tmp_path / "racer.py"), str(tmp_path / "ready"), str(n)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for n in range(3)
+    ]
+    outputs = []
+    for run in runs:
+        try:
+            outputs.append(run.communicate(timeout=120)[0])
+        finally:
+            if run.poll() is None:
+                run.kill()
+    assert [run.returncode for run in runs] == [0, 0, 0], outputs
+    said = "".join(outputs)
+    data_dir = tmp_path / "cache" / "samespace" / "demo" / "data"
+    assert said.count("demo: generated ") == 1 and said.count("demo: reusing ") == 2, said
+    assert said.count("demo: waiting for another demo run") == 2, said
+    assert all(output.strip().endswith(str(data_dir)) for output in outputs)
+    assert (data_dir / local_run.DEMO_MARKER).is_file()
+    assert sorted(p.name for p in data_dir.parent.iterdir()) == [local_run.DEMO_LOCK, "data"]
+    photos = sorted(p.relative_to(data_dir) for p in data_dir.rglob("*.jpg"))
+    assert len(photos) == 6  # 2 train rooms and 1 test room of 2 photos: one generation's worth
 
 
 def test_epoch_progress_counts_the_trial_batches(monkeypatch):
