@@ -206,6 +206,42 @@ def identical_files(paths: list[Path]) -> list[list[int]]:
     return [g for g in by_digest.values() if len(g) > 1]
 
 
+@dataclasses.dataclass
+class Copies:
+    """A listing's byte-identical copies collapsed: only ``scored`` (positions in the listing:
+    every file but the second and later copies) is decoded, hashed or scored, so a group of k
+    copies costs one photo's work and k entries (O(copies), never k² pairs)."""
+
+    identical: list[list[int]]
+    scored: list[int]
+    copies_of: dict[int, list[int]]
+
+    @classmethod
+    def of(cls, files: list[Path]) -> Copies:
+        identical = identical_files(files)
+        return cls(identical, groups_module.representatives(len(files), identical), {g[0]: g[1:] for g in identical})
+
+    def expand(
+        self, files: list[Path], decoded: list[int], unreadable: list[Skipped]
+    ) -> tuple[list[int], list[int], list[Skipped]]:
+        """From the positions in ``scored`` that decoded: the representatives kept, every photo kept
+        (with their copies, listing order), and ``unreadable`` plus the copies of the lost ones."""
+        lost = set(self.scored) - {self.scored[i] for i in decoded}
+        reason_of = {entry.path: entry.reason for entry in unreadable}
+        unreadable = unreadable + [  # a copy of an unreadable file is unreadable for the same reason
+            Skipped(files[c], reason_of.get(files[position], "unreadable"))
+            for position in sorted(lost)
+            for c in self.copies_of.get(position, [])
+        ]
+        kept_reps = [self.scored[i] for i in decoded]
+        kept = sorted(kept_reps + [c for r in kept_reps for c in self.copies_of.get(r, [])])
+        return kept_reps, kept, unreadable
+
+    def groups_among(self, kept_reps: list[int], index_of: dict[int, int]) -> list[list[int]]:
+        """The identical groups of the kept representatives, renumbered among the kept photos."""
+        return [[index_of[r]] + [index_of[c] for c in self.copies_of[r]] for r in kept_reps if r in self.copies_of]
+
+
 def log_skipped(skipped: list[Skipped], folder: Path, shown: int = 10) -> None:
     """One line per skipped entry (the first ``shown``), names printable on any console."""
     for entry in skipped[:shown]:
@@ -256,20 +292,20 @@ def find_hash_duplicates(
     if not folder.is_dir():
         raise DataError(f"not a folder: {folder}")
     listing = list_files(folder, recursive, exclude, include_hidden)
-    found, kept, unreadable = hashes.file_hashes(listing.files, method)
+    copies = Copies.of(listing.files)  # as samespace dedup: each group of copies hashed once
+    found, decoded, unreadable = hashes.file_hashes([listing.files[i] for i in copies.scored], method)
+    kept_reps, kept, unreadable = copies.expand(listing.files, decoded, unreadable)
     skipped = sorted(listing.skipped + unreadable, key=lambda s: s.path)
     log_skipped(skipped, folder)
-    require_photos_here(kept, listing, folder, skipped)
+    require_photos_here(kept_reps, listing, folder, skipped)
+    index_of = {position: k for k, position in enumerate(kept)}
     paths = [listing.files[i] for i in kept]
     names = [path.relative_to(folder).as_posix() for path in paths]
-    a, b, distances = hashes.close_pairs(hashes.as_integers(found), max_distance)
-    identical = identical_files(paths)
-    unit = groups_module.units_of(len(paths), [group for group in identical if len(group) > 1])
-    apart = (unit[a] < 0) | (unit[a] != unit[b])  # byte-identical copies are listed as their group, once
-    a, b, distances = a[apart], b[apart], distances[apart]
-    threshold = float(hashes.similarity(max_distance))
-    result = Dedup(names, a, b, hashes.similarity(distances), threshold, f"{method} <= {max_distance} bits", 0)
-    result.mark_identical(identical)
+    a, b, distances = hashes.close_pairs(hashes.as_integers(found), max_distance)  # among representatives
+    rep_index = np.array([index_of[r] for r in kept_reps], dtype=np.int64)
+    threshold, search = float(hashes.similarity(max_distance)), f"{method} <= {max_distance} bits"
+    result = Dedup(names, rep_index[a], rep_index[b], hashes.similarity(distances), threshold, search, 0)
+    result.mark_identical(copies.groups_among(kept_reps, index_of))
     result.unreadable = skipped
     rank_for_keeping(result, paths, keep)
     return result
@@ -299,22 +335,13 @@ def find_duplicates(
     # bfloat16 trunk on CUDA, where it scores alike; engine_name: onnxruntime on the CPU (engine.py)
     embedder = scoring.Embedder(net, device, autocast=True, engine_name=engine_name)
     # Byte-identical copies first: only one of each group is decoded and scored (O(copies)).
-    identical = identical_files(listing.files)
-    scored = groups_module.representatives(len(listing.files), identical)
-    trunk_features, decoded, unreadable = scoring.features_of_files(embedder, [listing.files[i] for i in scored])
-    copies_of = {group[0]: group[1:] for group in identical}
-    lost = set(scored) - {scored[i] for i in decoded}
-    reason_of = {entry.path: entry.reason for entry in unreadable}
-    unreadable += [  # a copy of an unreadable file is unreadable for the same reason
-        Skipped(listing.files[c], reason_of.get(listing.files[position], "unreadable"))
-        for position in sorted(lost)
-        for c in copies_of.get(position, [])
-    ]
+    copies = Copies.of(listing.files)
+    files = [listing.files[i] for i in copies.scored]
+    trunk_features, decoded, unreadable = scoring.features_of_files(embedder, files)
+    kept_reps, kept, unreadable = copies.expand(listing.files, decoded, unreadable)
     skipped = sorted(listing.skipped + unreadable, key=lambda s: s.path)
     log_skipped(skipped, folder)
-    kept_reps = [scored[i] for i in decoded]
     require_photos_here(kept_reps, listing, folder, skipped)
-    kept = sorted(kept_reps + [c for r in kept_reps for c in copies_of.get(r, [])])
     index_of = {position: k for k, position in enumerate(kept)}
     paths = [listing.files[i] for i in kept]
     names = [path.relative_to(folder).as_posix() for path in paths]
@@ -326,7 +353,7 @@ def find_duplicates(
     rep_index = np.array([index_of[r] for r in kept_reps], dtype=np.int64)
     result.names = names  # pairs of representatives, renumbered among all photos
     result.first, result.second = rep_index[result.first], rep_index[result.second]
-    result.mark_identical([[index_of[r]] + [index_of[c] for c in copies_of[r]] for r in kept_reps if r in copies_of])
+    result.mark_identical(copies.groups_among(kept_reps, index_of))
     result.trunk_images, result.unreadable = embedder.trunk_images, skipped
     rank_for_keeping(result, paths, keep)
     return result
