@@ -372,21 +372,21 @@ def train_locally(trial_cls: type[pytorch.PyTorchTrial], args: argparse.Namespac
     return trial
 
 
-def remove_partial_checkpoints(root: Path, existing: set[str], trial: pytorch.PyTorchTrial | None) -> dict[str, int]:
+def remove_partial_checkpoints(root: Path, existing: set[str], trial: pytorch.PyTorchTrial | None) -> list[str]:
     """Delete the checkpoint folders this run began and did not finish (a write that failed or
-    was interrupted); returns their names and the bytes they held. Complete ones have their
-    checksum record (written when the trial's files are) and Determined's metadata.json (last)."""
+    was interrupted); returns their names. The run's report lists the complete ones: all the
+    trial's files and the checksum record beside them written (enough to resume, even if
+    Determined's metadata.json did not follow)."""
     if trial is None or not root.is_dir():
-        return {}
-    complete = {Path(c).name for c in trial.report.checkpoints if (Path(c) / "metadata.json").is_file()}
-    trial.report.checkpoints[:] = [c for c in trial.report.checkpoints if Path(c).name in complete]
-    removed = {}
+        return []
+    complete = {Path(c).name for c in trial.report.checkpoints}
+    removed = []
     for folder in root.iterdir():
         if folder.name in existing or folder.name in complete or folder.name == "tensorboard":
             continue
         if not folder.is_dir() or folder.is_symlink() or not UUID_NAME.fullmatch(folder.name):
             continue
-        removed[folder.name] = folder_bytes(folder)
+        removed.append(folder.name)
         shutil.rmtree(folder, ignore_errors=True)
         logger.info("removed the partial checkpoint %s", folder)
     return removed
@@ -420,7 +420,7 @@ def checkpoint_bytes(trial: pytorch.PyTorchTrial, resumed: str | None, root: Pat
 
 
 def checkpoint_failure(
-    exc: Exception, root: Path, partial: dict[str, int], trial: pytorch.PyTorchTrial, resume: str | None, done: int
+    exc: Exception, root: Path, partial: list[str], trial: pytorch.PyTorchTrial, resume: str | None, done: int
 ) -> RunStopped:
     """One line for a checkpoint that could not be written (its partial folder already removed),
     naming the disk, the space a checkpoint needs and the last complete checkpoint. torch reports
