@@ -343,6 +343,28 @@ def test_a_checkpoint_on_a_full_disk_is_one_line_naming_the_last_complete_one(
     assert line.endswith(f"--resume {kept[0]}")
 
 
+def test_ctrl_c_during_a_checkpoint_write_removes_the_partial_folder(tiny, clean_env, monkeypatch, capsys):
+    """Ctrl-C while the second checkpoint is being written: its half-written folder is removed
+    and the hint names the first, complete one."""
+    real_save, saves = torch.save, []
+
+    def interrupted_write(obj, target, *args, **kwargs):
+        saves.append(target)
+        if len(saves) == 1:
+            return real_save(obj, target, *args, **kwargs)
+        Path(target).write_bytes(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted_write)
+    argv = ["--config", config_with(clean_env, compile_optimizer="false"), "--data-dir", str(tiny), "--epochs", "3"]
+    assert local_run.main(model_def.SiameseTrial, [*argv, "--no-pretrained", "--no-download"]) == 130
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    kept = [p.name for p in (clean_env / "xdg" / "determined").iterdir() if p.name != "tensorboard"]
+    assert len(kept) == 1 and not Path(saves[1]).parent.exists()
+    assert line.startswith("stopped: interrupted after batch 18; continue from checkpoint ")
+    assert f"{kept[0]} (saved at batch 9, where training resumes)" in line and line.endswith(f"--resume {kept[0]}")
+
+
 def test_more_processes_than_gpus_stop_with_one_line(monkeypatch):
     """torchrun --nproc_per_node=2 on a one-GPU machine: process 1 would die in CUDA with
     "invalid device ordinal"; it stops before touching CUDA or the process group instead."""

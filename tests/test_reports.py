@@ -269,6 +269,16 @@ def test_a_new_dedup_set_replaces_the_old_whole_and_keeps_the_users_files(tmp_pa
     assert "href='../photos/a.jpg'" in (out / "report.html").read_text()  # links from out/, not the temporary
 
 
+def test_a_linked_output_folder_stays_a_link_and_its_folder_is_switched(tmp_path):
+    folder, found, none = two_runs(tmp_path)
+    real = tmp_path / "elsewhere" / "reports"
+    write_outputs(none, folder, real, with_scores=True)
+    (tmp_path / "out").symlink_to(real, target_is_directory=True)
+    write_outputs(found, folder, tmp_path / "out", with_scores=True)
+    assert (tmp_path / "out").is_symlink() and json.loads((real / "summary.json").read_text())["groups"] == 1
+    assert sorted(p.name for p in real.parent.iterdir()) == ["reports"]
+
+
 # --------------------------------------------------------------------------------------------
 # names in HTML
 
