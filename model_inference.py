@@ -91,7 +91,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     import dataclasses
 
     import data
-    from samespace import evaluation, features, reports, scoring
+    from samespace import evaluation, features, original, reports, scoring
     from samespace.baselines import table
     from samespace.checkpoints import open_checkpoint
     from samespace.settings import DataSettings
@@ -116,8 +116,11 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if args.cache_dir:
         settings = dataclasses.replace(settings, cache_dir=args.cache_dir)
     split, pairs = data.load_pairs(settings, "test", data_dir=data_dir)
+    images = split.images
+    if net.preprocessing == "original":  # the original's reader: native size, float resize
+        images = original.exact_images([photo.path for photo in split.photos])
     per_variant, engine = features.network_features(
-        settings.cache_root(data_dir), net, split.images, device, engine_name=args.engine
+        settings.cache_root(data_dir), net, images, device, engine_name=args.engine
     )
     outcome = evaluation.evaluate(net, per_variant, pairs, split.rooms, device)
     report = {
@@ -178,6 +181,10 @@ def run_compare(args: argparse.Namespace) -> None:
     warning = random_trunk_warning(meta, args.checkpoint)
     if warning:
         logger.warning(warning)
+    if net.preprocessing == "original":  # the original's reader: native size, float resize
+        from samespace import original
+
+        pixels = np.stack([original.read_photo(path) for path in (args.first, args.second)])
     result = evaluation.compare(net, photos.as_tensor(pixels), device, engine_name=args.engine)
     print(
         f"{result['probability']:.4f}  {verdict(result['probability'], args.threshold)} at threshold "
