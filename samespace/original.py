@@ -71,11 +71,13 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 def native_pixels(handle, image: Image.Image) -> torch.Tensor:
     """The opened photo's (3, H, W) uint8 pixels at its own size: torchvision's decoder for RGB
     JPEG, PNG and WebP (what the original's ``read_image`` ran), else our ``photos.to_rgb``
-    (grey, palette, transparency, CMYK, 16-bit: modes the original could not feed its trunk)."""
+    (grey, palette, transparency, CMYK, 16-bit: inputs the original could not feed its trunk)."""
     if image.format in TORCHVISION_FORMATS and image.mode == "RGB":
         handle.seek(0)
         data = torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
-        return torchvision.io.decode_image(data, mode=torchvision.io.ImageReadMode.RGB)
+        pixels = torchvision.io.decode_image(data, mode=torchvision.io.ImageReadMode.RGB)
+        if pixels.dtype == torch.uint8:  # a 16-bit PNG decodes to uint16: PIL's 8-bit RGB instead
+            return pixels
     image.load()
     return torch.from_numpy(np.array(photos.to_rgb(image), dtype=np.uint8)).permute(2, 0, 1)
 

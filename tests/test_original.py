@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -119,6 +121,28 @@ def test_exif_orientation_and_other_modes_go_through_our_decoding(tmp_path):
     grey = torchvision.io.decode_image(str(tmp_path / "grey.png"), mode=torchvision.io.ImageReadMode.RGB).float()
     expected = torchvision.transforms.Resize((256, 256), antialias=True)(grey)
     assert close(torch.from_numpy(original.read_photo(tmp_path / "grey.png")).permute(2, 0, 1), expected)
+
+
+def png16(path, pixels: np.ndarray) -> None:
+    """A 48-bit RGB PNG (PIL cannot write one): torchvision decodes it to uint16."""
+    height, width, _ = pixels.shape
+    raw = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    chunks = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunks)
+
+
+def test_a_16_bit_png_is_read_at_8_bits(tmp_path):
+    pixels = (np.random.default_rng(2).random((30, 40, 3)) * 65535).astype(np.uint16)
+    png16(tmp_path / "deep.png", pixels)
+    eight = torch.from_numpy(np.array(Image.open(tmp_path / "deep.png").convert("RGB"))).permute(2, 0, 1).float()
+    expected = torchvision.transforms.Resize((256, 256), antialias=True)(eight)
+    read = torch.from_numpy(original.read_photo(tmp_path / "deep.png")).permute(2, 0, 1)
+    assert read.max() <= 255 and close(read, expected)  # not 0-65535 values into the trunk
 
 
 def test_unreadable_files_are_one_line(tmp_path):
