@@ -68,18 +68,28 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
     return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD) / 255.0
 
 
-def native_pixels(handle, image: Image.Image) -> torch.Tensor:
-    """The opened photo's (3, H, W) uint8 pixels at its own size: torchvision's decoder for RGB
-    JPEG, PNG and WebP (what the original's ``read_image`` ran), else our ``photos.to_rgb``
-    (grey, palette, transparency, CMYK, 16-bit: inputs the original could not feed its trunk)."""
+def upright_pixels(handle, image: Image.Image) -> torch.Tensor:
+    """The opened photo's (3, H, W) uint8 pixels at its own size, EXIF orientation applied:
+    torchvision's decoder for RGB JPEG, PNG and WebP (what the original's ``read_image`` ran),
+    else our ``photos.to_rgb`` (grey, palette, transparency, CMYK, 16-bit: inputs the original
+    could not feed its trunk)."""
     if image.format in TORCHVISION_FORMATS and image.mode == "RGB":
         handle.seek(0)
         data = torch.frombuffer(bytearray(handle.read()), dtype=torch.uint8)
-        pixels = torchvision.io.decode_image(data, mode=torchvision.io.ImageReadMode.RGB)
+        # torchvision reads the orientation of JPEG and PNG itself (equal to PIL's, tested)
+        pixels = torchvision.io.decode_image(
+            data, mode=torchvision.io.ImageReadMode.RGB, apply_exif_orientation=image.format != "WEBP"
+        )
         if pixels.dtype == torch.uint8:  # a 16-bit PNG decodes to uint16: PIL's 8-bit RGB instead
-            return pixels
-    image.load()
-    return torch.from_numpy(np.array(photos.to_rgb(image), dtype=np.uint8)).permute(2, 0, 1)
+            return orient(pixels, image) if image.format == "WEBP" else pixels
+    image.load()  # before reading the orientation: a PNG may keep its EXIF after the pixels
+    return orient(torch.from_numpy(np.array(photos.to_rgb(image), dtype=np.uint8)).permute(2, 0, 1), image)
+
+
+def orient(pixels: torch.Tensor, image: Image.Image) -> torch.Tensor:
+    """(C, H, W) pixels turned upright by the image's EXIF orientation, as PIL's exif_transpose."""
+    upright = photos.ORIENTATION_FIX.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+    return TENSOR_TRANSPOSES[upright](pixels) if upright is not None else pixels
 
 
 def read_photo(path: str | os.PathLike, budget: photos.MemoryBudget | None = None) -> np.ndarray:
@@ -95,14 +105,9 @@ def read_photo(path: str | os.PathLike, budget: photos.MemoryBudget | None = Non
         with photos.open_regular(path) as handle, Image.open(handle) as image:
             if image.format == "PNG" and photos.png_too_short(handle):
                 raise photos.UnreadablePhoto(name, f"truncated: too little image data for {image.width}x{image.height}")
-            orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-            # pixels as uint8 and float, and PIL's own copy when it decodes
-            needed = image.width * image.height * 20
+            needed = image.width * image.height * 20  # uint8 and float pixels, and PIL's when it decodes
             with budget.reserve(needed) if budget else contextlib.nullcontext():
-                pixels = native_pixels(handle, image)
-                upright = photos.ORIENTATION_FIX.get(orientation)
-                if upright is not None:
-                    pixels = TENSOR_TRANSPOSES[upright](pixels)
+                pixels = upright_pixels(handle, image)
                 resized = TF.resize(pixels.float(), list(RESIZE), antialias=True)
         return resized.permute(1, 2, 0).contiguous().numpy()
     except UnidentifiedImageError:

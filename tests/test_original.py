@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
+from PIL import Image, ImageOps
 from test_checkpoints import original_model, original_preprocess, write_original_checkpoint
 
 from conftest import small_trunk
@@ -107,6 +107,24 @@ def test_tensor_transposes_are_pils(transpose):
     pil = np.asarray(Image.fromarray(pixels).transpose(transpose))
     tensor = original.TENSOR_TRANSPOSES[transpose](torch.from_numpy(pixels).permute(2, 0, 1))
     assert np.array_equal(tensor.permute(1, 2, 0).numpy(), pil)
+
+
+@pytest.mark.parametrize("kind", ["jpg", "png", "webp", "gif"])
+def test_every_exif_orientation_is_pils(tmp_path, kind):
+    """torchvision's own orientation (JPEG, PNG), ours on its WebP pixels and on PIL's (GIF: a
+    palette, so our decoding): all equal to PIL's exif_transpose, then the float resize."""
+    pixels = np.random.default_rng(4).integers(0, 255, (40, 60, 3), dtype=np.uint8)
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"o{orientation}.{kind}"
+        Image.fromarray(pixels).save(path, exif=exif, **({"lossless": True} if kind == "webp" else {}))
+        with Image.open(path) as image:
+            upright = np.array(ImageOps.exif_transpose(image.convert("RGB")))
+        expected = torchvision.transforms.Resize((256, 256), antialias=True)(
+            torch.from_numpy(upright).permute(2, 0, 1).float()
+        )
+        assert close(torch.from_numpy(original.read_photo(path)).permute(2, 0, 1), expected), orientation
 
 
 def test_exif_orientation_and_other_modes_go_through_our_decoding(tmp_path):
