@@ -163,7 +163,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="run the trunk per pair (the reference path) instead of cached features",
     )
     parser.add_argument(
-        "--demo", action="store_true", help="train briefly on a generated dataset in a temporary folder"
+        "--demo",
+        action="store_true",
+        help="train 2 epochs on generated photos, kept in $XDG_CACHE_HOME/samespace/demo (default ~/.cache) "
+        "and reused by later demos (not with --data-dir)",
     )
     return parser.parse_args(argv)
 
@@ -490,6 +493,8 @@ class EpochProgress(pytorch.PyTorchCallback):
         self.context = trial.context  # type: ignore[attr-defined]
         self.every = every  # reading the loss syncs a GPU: only every few batches
         self.bar: Any = None
+        self.started: float | None = None  # the first batch this process trained, for the run's ETA
+        self.trained = 0
         self.enabled = progress_enabled() and self.context.distributed.rank == 0
         if self.enabled:
             train_batch = trial.train_batch
@@ -502,19 +507,27 @@ class EpochProgress(pytorch.PyTorchCallback):
             trial.train_batch = counted  # type: ignore[method-assign]
 
     def advance(self, epoch_idx: int, batch_idx: int, metrics: Any) -> None:
+        # Determined's own epoch length (private; the bars only lose their totals without it).
+        length = getattr(self.context, "_epoch_len", None)
+        total = run_batches(self.context.get_hparams(), length)
         if self.bar is None:
-            # Determined's own epoch length (private; the bar only loses its total without it).
-            length = getattr(self.context, "_epoch_len", None)
+            epochs = f"/{-(-total // length)}" if total and length else ""
             self.bar = progress(
                 total=length,
                 initial=batch_idx % length if length else 0,
-                desc=f"epoch {epoch_idx + 1}",
+                desc=f"epoch {epoch_idx + 1}{epochs}",
                 unit="batch",
                 dynamic_ncols=True,
             )
         self.bar.update(1)
+        self.started = self.started or time.monotonic()
+        self.trained += 1
         if self.bar.n % self.every == 0 and isinstance(metrics, dict) and "loss" in metrics:
-            self.bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", refresh=False)
+            postfix = {"loss": f"{float(metrics['loss']):.4f}"}
+            if total and self.trained > 1:  # the whole run's training time left (validation not included)
+                rate = (time.monotonic() - self.started) / (self.trained - 1)
+                postfix["run ETA"] = self.bar.format_interval(max(0, total - batch_idx - 1) * rate)
+            self.bar.set_postfix(postfix, refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -529,6 +542,14 @@ class EpochProgress(pytorch.PyTorchCallback):
 
     def on_trial_shutdown(self) -> None:
         self.close()
+
+
+def run_batches(hparams: dict[str, Any], epoch_length: int | None) -> int | None:
+    """The batches a local run trains in all (``local_config`` records --batches or the epochs)."""
+    if hparams.get("batches"):
+        return int(hparams["batches"])
+    epochs = hparams.get("epochs")
+    return int(epochs) * epoch_length if epochs and epoch_length else None
 
 
 class MissingPrerequisites(ConfigError):
@@ -679,8 +700,19 @@ def demo_is_current(data_dir: Path, spec: str) -> bool:
         return False
 
 
+def refuse_demo_data_dir(args: argparse.Namespace) -> None:
+    """--demo trains on its own generated photos: a --data-dir beside it would be ignored (and then
+    repeated in the resume hint), so it is one line before any work."""
+    if args.data_dir is not None:
+        raise ConfigError(
+            f"--demo trains on generated photos kept in {demo_folder() / 'data'}, not on --data-dir {args.data_dir}: "
+            "leave out --data-dir, or leave out --demo to train on that folder"
+        )
+
+
 def run_demo(trial_cls: type[pytorch.PyTorchTrial], args: argparse.Namespace) -> pytorch.PyTorchTrial:
     """A short run on a generated dataset, with a random trunk when ImageNet weights are out of reach."""
+    refuse_demo_data_dir(args)
     data_dir = demo_dataset()
     no_pretrained = args.no_pretrained
     if not no_pretrained and not weights_available():
@@ -713,6 +745,15 @@ def summarise(trial: pytorch.PyTorchTrial) -> None:
         best = min(validated, key=lambda c: report.losses[c]) if validated else None
         if best is not None and best != report.checkpoints[-1]:
             print(f"best checkpoint: {Path(best).name} (validation_loss {report.losses[best]:.6f}; {best})")
+        print(f"next: {next_command(Path(best or path).name, trial.context.get_data_config().get('dir'))}")
+
+
+def next_command(checkpoint: str, data_dir: str | None) -> str:
+    """What to try after a run: evaluate its (best) checkpoint on the data it validated on."""
+    where = ["--data-dir", str(data_dir)] if data_dir else []
+    return shlex.join(["python", "model_inference.py", "evaluate", checkpoint, *where]) + (
+        "  (then `compare` two photos or `dedup` a folder with the same checkpoint)"
+    )
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers send

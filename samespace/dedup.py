@@ -370,6 +370,19 @@ def report_pairs(result: Dedup) -> tuple[dict[tuple[int, int], float], set[tuple
     return pair_scores, identical
 
 
+def decision_aids(result: Dedup, identical: set[tuple[int, int]]) -> dict:
+    """What the report shows to help decide: each photo's best match, and the model-scored pairs
+    closest to the threshold (byte-identical pairs need no look)."""
+    model = result.reasons == MODEL
+    return {
+        "best_matches": groups_module.best_matches(result.first, result.second, result.scores, sorted(identical)),
+        "borderline": groups_module.closest_to_threshold(
+            result.first[model], result.second[model], result.scores[model], result.threshold, reports.BORDERLINE_PAIRS
+        ),
+        "threshold": float(result.threshold),
+    }
+
+
 def write_outputs(
     result: Dedup,
     folder: Path,
@@ -413,6 +426,7 @@ def write_outputs(
         reports.write_dedup_html(
             new / "report.html", folder, result.names, groups, pair_scores, result.unreadable, summary,
             identical=identical, warnings=warnings or [], details=groups_module.describe(result.facts),
+            **decision_aids(result, identical),
         )
         reports.write_json(
             new / "summary.json",

@@ -506,11 +506,41 @@ def test_demos_started_together_generate_the_photos_once(tmp_path):
 def test_epoch_progress_counts_the_trial_batches(monkeypatch):
     monkeypatch.setattr(local_run, "progress_enabled", lambda: True)
     monkeypatch.setattr(local_run, "progress", lambda **options: tqdm(**options, file=io.StringIO(), disable=False))
-    context = SimpleNamespace(distributed=SimpleNamespace(rank=0), _epoch_len=5)
+    context = SimpleNamespace(distributed=SimpleNamespace(rank=0), _epoch_len=5, get_hparams=lambda: {"epochs": 3})
     trial = SimpleNamespace(context=context, train_batch=lambda batch, epoch_idx, batch_idx: {"loss": 0.5})
     callback = local_run.EpochProgress(trial, every=2)
-    for batch_idx in range(7, 10):  # resumed in the middle of epoch 2
+    clock = iter([100.0, 101.0, 102.0])  # one second a batch
+    monkeypatch.setattr(local_run.time, "monotonic", lambda: next(clock))
+    for batch_idx in range(7, 10):  # resumed in the middle of epoch 2 (of 3: 15 batches)
         assert trial.train_batch(batch=None, epoch_idx=1, batch_idx=batch_idx) == {"loss": 0.5}
-    assert (callback.bar.n, callback.bar.total, callback.bar.desc) == (5, 5, "epoch 2")
+    assert (callback.bar.n, callback.bar.total, callback.bar.desc) == (5, 5, "epoch 2/3")
+    # Over epochs too: shown at batch 8 (every 2nd on the bar), when batches 9-14 are left, 1 s each.
+    assert callback.bar.postfix == "loss=0.5000, run ETA=00:06"
     callback.on_training_epoch_end(1)
     assert callback.bar is None
+    assert local_run.run_batches({"batches": 7}, 5) == 7 and local_run.run_batches({"epochs": 2}, None) is None
+
+
+def test_demo_with_data_dir_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert local_run.main(model_def.SiameseTrial, ["--demo", "--data-dir", str(tmp_path / "mine")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --demo trains on generated photos kept in ")
+    assert str(tmp_path / "cache" / "samespace" / "demo" / "data") in err and "leave out --data-dir" in err
+    assert "--resume" not in err and not (tmp_path / "cache").exists()  # refused before any work
+    with pytest.raises(SystemExit):
+        local_run.parse_args(["--help"])
+    demo_help = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    assert "$XDG_CACHE_HOME/samespace/demo (default ~/.cache) and reused" in demo_help
+
+
+def test_a_run_ends_with_the_next_command_to_try(capsys):
+    report = SimpleNamespace(
+        validation={"validation_loss": 0.5},
+        checkpoints=["/ck/best-uuid", "/ck/latest-uuid"],
+        losses={"/ck/best-uuid": 0.4, "/ck/latest-uuid": 0.5},
+    )
+    context = SimpleNamespace(get_data_config=lambda: {"dir": "/data dir"})
+    local_run.summarise(SimpleNamespace(report=report, context=context))
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("next: python model_inference.py evaluate best-uuid --data-dir '/data dir'  (then")

@@ -228,6 +228,21 @@ def test_evaluate_without_data_names_the_command_that_fetches_it(tmp_path, capsy
     assert not (tmp_path / "samespace-outputs").exists()
 
 
+def test_evaluate_pointed_at_a_flat_folder_or_a_file_shows_the_layout(tmp_path, capsys):
+    flat = tmp_path / "my photos"
+    random_photos(flat, ["IMG_1.jpg", "IMG_2.jpg"])
+    assert model_inference.main(["evaluate", str(tmp_path / "ck"), "--data-dir", str(flat)]) == 2
+    message = one_line_error(capsys)
+    assert "holds photos directly (2 photos)" in message and "Airbnb Data/Test Data/<room-type>/" in message
+    assert f"dedup CHECKPOINT {flat}" in message and "python data.py" not in message  # no download into it
+    assert model_inference.main(["evaluate", str(tmp_path / "ck"), "--data-dir", str(flat / "IMG_1.jpg")]) == 2
+    message = one_line_error(capsys)
+    assert "is a file, not a folder" in message and "Airbnb Data/Test Data/<room-type>/" in message
+    (tmp_path / "other" / "Airbnb Data").mkdir(parents=True)  # no Test Data in it
+    assert model_inference.main(["evaluate", str(tmp_path / "ck"), "--data-dir", str(tmp_path / "other")]) == 2
+    assert "no Airbnb Data/Test Data/<room-type>/" in one_line_error(capsys)
+
+
 def test_evaluate_with_one_room_writes_null_figures_with_reasons(trained, tmp_path, capsys, caplog):
     random_photos(tmp_path / "data" / "Airbnb Data" / "Test Data" / "bedroom", ["oslo_1_0.jpg", "oslo_1_1.jpg"])
     cache = tmp_path / "features"

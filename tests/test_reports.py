@@ -49,6 +49,9 @@ def make_cafe(folder: Path) -> Path:
     return folder / CAFE
 
 
+VOID = ("area", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr")
+
+
 class Dom(HTMLParser):
     """Live elements of a page (script and template text is data, not elements)."""
 
@@ -58,22 +61,32 @@ class Dom(HTMLParser):
         self.texts: dict[str, list[str]] = {}
         self._open: list[str] = []
         self._template = 0
+        self._joined = False  # the next text continues the last one (only a <wbr> between them)
         self.feed(text)
 
     def handle_starttag(self, tag, attrs):
         if self._template == 0:
             self.elements.append((tag, dict(attrs)))
         self._template += tag == "template"
-        self._open.append(tag)
+        if tag not in VOID:  # no end tag follows: text after <wbr> or <br> is still its parent's
+            self._open.append(tag)
+            self._joined = False
+        self._joined = self._joined and tag == "wbr"  # "a_<wbr>b" is one text, "a<br>b" two
 
     def handle_endtag(self, tag):
         self._template -= tag == "template"
+        self._joined = False
         while self._open and self._open.pop() != tag:
             pass
 
     def handle_data(self, data):
         if self._open and self._template == 0:
-            self.texts.setdefault(self._open[-1], []).append(data)
+            texts = self.texts.setdefault(self._open[-1], [])
+            if self._joined:
+                texts[-1] += data
+            else:
+                texts.append(data)
+            self._joined = True
 
     def all(self, tag: str, **attrs: str) -> list[dict[str, str | None]]:
         return [a for t, a in self.elements if t == tag and all(a.get(k) == v for k, v in attrs.items())]
@@ -353,6 +366,41 @@ def test_html_shows_groups_largest_first_in_pages_each_photo_once(tmp_path, monk
     assert "scores 0.5500–0.5900" in text
 
 
+def test_captions_wrap_at_the_parts_of_names_not_mid_word():
+    assert reports.breakable("living_room-2024/IMG_01.jpg") == "living_<wbr>room-<wbr>2024/<wbr>IMG_<wbr>01.<wbr>jpg"
+    assert reports.breakable("<b>&'.jpg") == "&lt;b&gt;&amp;&#x27;.<wbr>jpg"  # escaped first; no entity has / _ - .
+    assert "break-all" not in reports.STYLE  # which breaks anywhere inside a word
+    assert "figcaption{font-size:.72em;line-height:1.25;overflow-wrap:break-word" in reports.STYLE  # fallback only
+
+
+def test_report_shows_best_matches_and_the_pairs_closest_to_the_threshold(tmp_path):
+    names = [f"room_{i}.jpg" for i in range(4)]
+    for i, name in enumerate(names):
+        photo(tmp_path / name, colour=(60 * i, 40, 40), size=(400, 300))
+    best = {0: (1, 0.8), 1: (0, 0.8), 2: (3, 0.52), 3: (2, 0.52)}
+    borderline = [(0.52, 2, 3), (0.47, 0, 2)]
+    page = reports.write_dedup_html(
+        tmp_path / "r.html", tmp_path, names, [[0, 1]], {(0, 1): 0.8}, [], {"photos": 4},
+        best_matches=best, borderline=borderline, threshold=0.5,
+    ).read_text(encoding="utf-8")  # fmt: skip
+    dom = Dom(page)
+    grouped = [c for c in dom.texts["small"] if "best match" in c]
+    assert grouped == ["best match 0.8000: ", "best match 0.8000: "]  # then a link to the partner
+    assert "best match 0.8000: <a href='#p1'>room_<wbr>1.<wbr>jpg</a>" in page
+    assert page.index("id='g1'") < page.index("id='borderline'")  # after the groups, linked from the note
+    assert "<a href='#borderline'>the pairs closest to the threshold</a>" in page
+    verdicts = dom.texts["p"][-2:]
+    assert verdicts == ["0.5200 · duplicate (≥ 0.5, +0.0200)", "0.4700 · not a duplicate (< 0.5, -0.0300)"]
+    pictures = [img["src"] for img in dom.all("img")][2:]  # after the group's two thumbnails
+    assert len(pictures) == 4  # side by side: each pair's two photos
+    for uri in pictures:
+        with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as shown:
+            assert max(shown.size) == reports.BORDERLINE_SIZE  # readable, not a 96 px thumbnail
+    assert "Worth a look: the 2 pairs closest to the threshold 0.5" in page
+    close_call = reports.borderline_html(tmp_path, tmp_path, names, [(0.500004, 0, 1)], 0.5)
+    assert "0.500004 · duplicate (≥ 0.5, +0.000004)" in close_call  # digits enough to see the gap
+
+
 def test_thumbnails_are_upright(tmp_path):
     save_exif_rotated(tmp_path / "r.jpg")  # stored 60x40, shown 40x60
     uri = reports.thumbnail_uri(tmp_path / "r.jpg", size=30)
@@ -415,6 +463,7 @@ def test_report_renders_in_chromium(tmp_path, monkeypatch):
         unreadable=[Skipped(folder / "notes.jpg", "cannot read notes.jpg: not an image in a format PIL reads")],
     )
     out = tmp_path / "out"
+    monkeypatch.setattr(reports, "BORDERLINE_PAIRS", 0)  # the groups alone (the pairs worth a look: above)
     write_outputs(result, folder, out, with_scores=False, checkpoint="3f2a9c1e")
     page = out / "report.html"
     dom = Dom(rendered_dom(page, profile=tmp_path / "profile"))
