@@ -186,3 +186,14 @@ def test_the_feature_cache_is_keyed_on_the_originals_read(tmp_path):
     what = f"{features.trunk_fingerprint(net.trunk)}|{features.PREPROCESSING}|{original.PREPROCESSING}"
     assert cache.folder.name == hashlib.sha256(what.encode()).hexdigest()[:24]
     assert "torchvision-native" in original.PREPROCESSING  # v2: entries of the PIL-resized read are not reused
+
+
+def test_the_float_read_is_never_changed_in_place(tmp_path):
+    """Both preprocessings leave their input as it was (ours normalises in place on a copy), also
+    the original's float pixels, which the feature cache reuses for all 8 variants."""
+    images = original.read_images([smooth_photo(tmp_path / "a.jpg", (120, 90))])[0]
+    before = images.clone()
+    for normalise in features.PREPROCESSINGS.values():
+        normalise(images)
+        features.trunk_features(small_trunk(), images, 0, CPU, preprocessing="ours")
+    assert torch.equal(images, before)
