@@ -795,7 +795,7 @@ def bench_gpu(quick: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--quick", action="store_true", help="fewer batches and projections (under 20 minutes on 2 CPU cores)"
+        "--quick", action="store_true", help="fewer batches and projections (the short run; --sections picks parts)"
     )
     parser.add_argument("--sections", default="sampling,training,dedup,cpu,gpu", help="comma-separated subset to run")
     parser.add_argument(
