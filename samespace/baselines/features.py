@@ -76,6 +76,23 @@ def imagenet_state(network: str) -> dict | None:
         socket.setdefaulttimeout(previous)
 
 
+class Fit(nn.Module):
+    """The 256x256 photo to the network's 224x224 input inside the trunk, so that the ONNX export
+    (whose height and width are SameSpace's 256) takes it too: imagededup's centre crop, or for
+    VGG16 a bilinear resize (no antialiasing, which ONNX opset 17 lacks; at this 0.875 scale it
+    changes little). Both commute with the per-channel normalisation done before."""
+
+    def __init__(self, crop: bool):
+        super().__init__()
+        self.crop = crop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.crop:
+            top, left = (x.shape[-2] - CROP) // 2, (x.shape[-1] - CROP) // 2
+            return x[..., top : top + CROP, left : left + CROP]
+        return nn.functional.interpolate(x, size=(VGG_SIZE, VGG_SIZE), mode="bilinear", align_corners=False)
+
+
 def build_network(network: str) -> tuple[nn.Module, nn.Module, bool]:
     """(convolutional trunk, fully connected tail, pretrained) of ``network``, in eval mode, seeded
     when random so that reruns agree."""
@@ -85,9 +102,9 @@ def build_network(network: str) -> tuple[nn.Module, nn.Module, bool]:
         model = getattr(torchvision.models, network)(weights=None)
     if state is not None:
         model.load_state_dict(state)
-    if network == "vgg16":  # fc1, ReLU, Dropout, fc2, ReLU: the 4,096-d fc2 after its ReLU
-        return nn.Sequential(model.features, model.avgpool, nn.Flatten(1)), model.classifier[:5], state is not None
-    return nn.Sequential(model.features, model.avgpool, nn.Flatten(1)), nn.Identity(), state is not None
+    trunk = nn.Sequential(Fit(crop=network != "vgg16"), model.features, model.avgpool, nn.Flatten(1))
+    # VGG16: fc1, ReLU, Dropout, fc2, ReLU: the 4,096-d fc2 after its ReLU, in torch (matrix products)
+    return trunk, model.classifier[:5] if network == "vgg16" else nn.Identity(), state is not None
 
 
 # (trunk, tail, pretrained) for a network name; tests put small input-dependent networks here.
@@ -97,12 +114,9 @@ BUILDERS: dict[str, Callable[[str], tuple[nn.Module, nn.Module, bool]]] = {
 }
 
 
-def network_input(network: str, images: torch.Tensor) -> torch.Tensor:
-    """uint8 256x256 photos to the network's float input, ImageNet-normalised after scaling to [0, 1]."""
-    if network == "mobilenet_v3_small":  # imagededup: Resize((256, 256)) (ours already), CenterCrop(224)
-        images = TF.center_crop(images, [CROP, CROP])
-    else:
-        images = TF.resize(images, [VGG_SIZE, VGG_SIZE], antialias=True)
+def network_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 256x256 photos (imagededup's Resize((256, 256)), which our decoding already did),
+    scaled to [0, 1] and ImageNet-normalised; the trunk's ``Fit`` makes them 224x224."""
     return TF.normalize(images.float().div(255.0), IMAGENET_MEAN, IMAGENET_STD)
 
 
@@ -123,7 +137,7 @@ class Network:
         """(N, D) float32 features on the CPU."""
         out = []
         for batch in console.progress(images.split(BATCH), desc=self.name, unit="batch"):
-            inputs = network_input(self.name, batch.to(self.device))
+            inputs = network_input(batch.to(self.device))
             if self.runner is not None:
                 pooled = self.runner(inputs).to(self.device)
             else:
