@@ -115,4 +115,4 @@ def test_kmeans_gating_puts_pairs_across_clusters_below_all_others():
     scores = trained.pair_scores("autoencoder-kmeans", model, codes, a, b)
     inside = np.array([(i, j) in {(0, 1), (2, 3)} for i, j in zip(a, b)])
     assert scores[inside].min() > scores[~inside].max()
-    np.testing.assert_allclose(scores[inside], [-0.1, -0.2], atol=1e-12)
+    np.testing.assert_allclose(scores[inside], [-0.1, -0.2], atol=1e-6)  # float32 codes near 5: steps of 4.8e-7
