@@ -37,7 +37,9 @@ def methods_figure(curves: dict[str, tuple[np.ndarray, np.ndarray]], block: dict
             continue  # could not run, or one class only: no curve
         labels, scores = curves[name]
         width, order = (BOLD, 10) if name == "samespace" else (THIN, 2)
-        style = dict(color="black" if name == "samespace" else f"C{number % 10}", linewidth=width, zorder=order)
+        colour = "black" if name == "samespace" else f"C{number % 10}"
+        dashes = "--" if number >= 10 else "-"  # ten colours, more methods: the eleventh on is dashed
+        style = dict(color=colour, linewidth=width, zorder=order, linestyle=dashes)
         fpr, tpr, _ = skm.roc_curve(labels, scores)
         roc.plot(fpr, tpr, label=legend_label(name, block[name], "roc_auc", "ROC-AUC"), **style)
         precision, recall, _ = skm.precision_recall_curve(labels, scores)
