@@ -14,6 +14,7 @@ import logging
 import numpy as np
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from samespace.baselines import features, table
@@ -95,6 +96,12 @@ def test_the_networks_have_the_published_widths(monkeypatch):
         assert out.shape == (1, width) and pretrained is False
         if network == "vgg16":
             assert isinstance(tail[-1], nn.ReLU) and tail[3].out_features == 4096  # fc2 after its ReLU
+            torch.manual_seed(0)  # build_network's seed: the same random weights
+            model = torchvision.models.vgg16(weights=None).eval()
+            with torch.inference_mode():
+                x = nn.functional.interpolate(features.network_input(images), size=(224, 224), mode="bilinear")
+                full = model.classifier[:5](torch.flatten(model.avgpool(model.features(x)), 1))
+            assert torch.equal(out, full)  # leaving out the 7x7 adaptive pool at 224x224 changes nothing
 
 
 def test_the_onnx_engine_gives_the_torch_features(small_networks, tmp_path, monkeypatch):

@@ -102,7 +102,10 @@ def build_network(network: str) -> tuple[nn.Module, nn.Module, bool]:
         model = getattr(torchvision.models, network)(weights=None)
     if state is not None:
         model.load_state_dict(state)
-    trunk = nn.Sequential(Fit(crop=network != "vgg16"), model.features, model.avgpool, nn.Flatten(1))
+    # VGG16's AdaptiveAvgPool2d((7, 7)) sees 7x7 maps at 224x224, where it is the identity; the ONNX
+    # exporter cannot export it after the resize, so it is left out (exactly the same features).
+    pool = nn.Identity() if network == "vgg16" else model.avgpool
+    trunk = nn.Sequential(Fit(crop=network != "vgg16"), model.features, pool, nn.Flatten(1))
     # VGG16: fc1, ReLU, Dropout, fc2, ReLU: the 4,096-d fc2 after its ReLU, in torch (matrix products)
     return trunk, model.classifier[:5] if network == "vgg16" else nn.Identity(), state is not None
 
