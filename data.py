@@ -310,7 +310,7 @@ def pair_dataset(
         return ImagePairDataset(split.images, pair_set), {"num_workers": settings.workers}
     cache = features.FeatureCache(settings.cache_root(), trunk, device=device, engine_name=settings.engine)
     cached = cache.features(split.images, desc=f"trunk features ({name})" if name else "trunk features")
-    return features.FeaturePairDataset(cached, pair_set), {"collate_fn": features.collate_batch}
+    return features.FeaturePairDataset(cached, pair_set, engine=cache.engine), {"collate_fn": features.collate_batch}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

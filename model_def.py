@@ -94,6 +94,7 @@ class RunReport(pytorch.PyTorchCallback):
         self.first_batch: int | None = None
         self.batches = 0  # trained so far, counting from the start of the trial
         self.current_loss: float | None = None  # validation_loss of the weights as they are now
+        self.trained_with: dict[str, str] = {}  # recorded in each checkpoint's samespace.json
 
     def on_trial_startup(self, first_batch_idx: int, checkpoint_uuid: str | None) -> None:
         self.first_batch = first_batch_idx
@@ -121,7 +122,7 @@ class RunReport(pytorch.PyTorchCallback):
         self.current_loss = None if loss is None else float(loss)
 
     def on_checkpoint_write_end(self, checkpoint_dir: str) -> None:
-        write_checksum(checkpoint_dir)  # samespace.json: loading refuses a damaged state_dict.pth
+        write_checksum(checkpoint_dir, self.trained_with)  # samespace.json: loading refuses a damaged state_dict.pth
         self.checkpoints.append(checkpoint_dir)
         self.losses[checkpoint_dir] = self.current_loss
         logger.info("checkpoint written: %s (validation_loss %s)", checkpoint_dir, self.current_loss)
@@ -172,6 +173,8 @@ class SiameseTrial(pytorch.PyTorchTrial):
         dataset, options = data.pair_dataset(
             split, pairs, self.settings, self.net.trunk, self.context.device, split_name
         )
+        # what ran the frozen trunk: the feature cache's engine, or torch inside the training graph
+        self.report.trained_with["trunk engine"] = getattr(dataset, "engine", "torch")
         return pytorch.DataLoader(
             dataset, batch_size=self.context.get_per_slot_batch_size(), shuffle=shuffle, **options
         )

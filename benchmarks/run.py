@@ -11,11 +11,14 @@
    projected wall time of a 30-epoch trial both ways.
 3. dedup of 1,000 and 10,000 photos: head evaluations and time, all pairs against candidate search,
    and the share of planted duplicate pairs the candidates keep.
-4. CPU speed: the MobileNetV3-Large trunk alone (NCHW and channels_last) against our trunk path
-   (uint8 photos in, preprocessing included), and dedup of a folder of generated 640x480 JPEGs
-   against imagededup 0.3.3's CNN method on the same photos and cores. imagededup runs in its own
-   environment (``--imagededup-python``, e.g. a venv with ``pip install imagededup==0.3.3``), with
-   ``weights=None`` patched in since it would download ImageNet weights; skipped without it.
+4. CPU speed: the engine's start-up (cold and warm export cache); the MobileNetV3-Large trunk
+   alone (torch NCHW, channels_last, onnxruntime) against our trunk path (uint8 photos in,
+   preprocessing included); the training feature cache built by torch and by onnxruntime (631
+   photos x 8 variants; --quick: 136); and dedup of 1,000 generated 640x480 JPEGs against
+   imagededup 0.3.3's CNN method on the same photos and cores. imagededup runs in this Python if it
+   has imagededup, else in ``--imagededup-python`` (e.g. a venv with ``pip install
+   imagededup==0.3.3``), with ``weights=None`` patched in since it would download ImageNet weights;
+   skipped without either.
 5. With a GPU: 2 and 3 there, the trunk alone against the cache build and dedup embedding, and
    dedup of 10,000 generated photos.
 6. Trained baselines (``--sections baselines``): the training time of ``autoencoder`` (+ its KMeans)
@@ -595,6 +598,60 @@ def imagededup_seconds(python: str | None, folder: Path) -> tuple[float | None, 
     return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"]), "measured"
 
 
+def cache_build_seconds(n: int, chunk: int = 64) -> dict[str, float] | None:
+    """Seconds to build the training feature cache (8 variants a photo, files written) of ``n``
+    photos by torch eager (channels_last, today's path) and by onnxruntime, in alternating chunks
+    of ``chunk`` photos so that a busy machine slows both alike; None when the engine fell back."""
+    cpu = torch.device("cpu")
+    trunk = trunk_under_test()
+    images = torch.randint(0, 256, (n, 3, 256, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    seconds = {"torch": 0.0, "onnx": 0.0}
+    with tempfile.TemporaryDirectory() as folder:
+        caches = {name: features.FeatureCache(Path(folder) / name, trunk, cpu, engine_name=name) for name in seconds}
+        if caches["onnx"].engine != "onnx":
+            return None
+        for cache in caches.values():  # warm-up: oneDNN primitives, the session's first run
+            cache.features(images[:8])
+        for start in range(8, n, chunk):
+            for name, cache in caches.items():
+                seconds[name] += timed(lambda: cache.features(images[start : start + chunk]))[1]
+    return seconds
+
+
+def dedup_stages(net: SiameseNet, paths: list[Path]) -> dict[str, float]:
+    """Seconds of each stage of dedup's CPU path, run one after another on the same photos: where
+    the time goes once the trunk runs in the engine (the profile issue 14 asks for)."""
+    cpu = torch.device("cpu")
+    embedder = scoring.Embedder(net, cpu, engine_name="auto")
+    (images, _, _), decode_s = timed(lambda: scoring.read_images(paths))
+    trunk_features, trunk_s = timed(lambda: embedder.backbone(images))
+    (first, second), towers_s = timed(lambda: embedder.embed(trunk_features))
+    names = [path.name for path in paths]
+    _, head_s = timed(lambda: score_embeddings(first, second, net.head, names))
+    # thread_split's choice below 8 cores: decode between trunk passes with every core, rather
+    # than one thread decoding the next chunk while the engine runs on the rest
+    decoders = max(1, torch.get_num_threads() // 2)
+    trunk_threads = max(1, torch.get_num_threads() - decoders)
+    overlapping = scoring.Embedder(net, cpu, engine_name="auto", trunk_threads=trunk_threads)
+    _, overlapped_s = timed(lambda: scoring.features_of_files(overlapping, paths, decode_threads=decoders))
+    _, in_turn_s = timed(lambda: scoring.features_of_files(embedder, paths, decode_threads=0))
+    return {
+        "decode + resize (PIL, draft, all cores)": decode_s,
+        f"preprocessing + trunk ({embedder.engine})": trunk_s,
+        "towers": towers_s,
+        "candidates + head": head_s,
+        "decode and trunk in turn, all cores each (the default here)": in_turn_s,
+        f"decode overlapped with the trunk ({decoders} decode thread(s), the rest the engine's)": overlapped_s,
+    }
+
+
+def default_imagededup_python() -> str | None:
+    """This Python, when imagededup is importable in it (without importing it: that downloads)."""
+    import importlib.util
+
+    return sys.executable if importlib.util.find_spec("imagededup") is not None else None
+
+
 def bench_cpu(quick: bool, imagededup_python: str | None) -> None:
     from samespace.dedup import find_duplicates
 
@@ -618,6 +675,18 @@ def bench_cpu(quick: bool, imagededup_python: str | None) -> None:
     row("cpu", "our trunk path over the trunk alone in channels_last", f"{share:.2f}")
     target("cpu_trunk_path_over_trunk_alone_channels_last", f"{share:.2f}", ">= 0.8", share >= 0.8)
 
+    photos = 136 if quick else 631  # 631: the Airbnb Training Data
+    built = cache_build_seconds(photos)
+    if built is None:
+        target("cpu_cache_build_onnxruntime_over_torch", "not measured: the engine fell back", ">= 2.5x", None)
+    else:
+        for name, took in built.items():
+            rate = (photos - 8) * N_VARIANTS / took
+            what = f"feature cache build of {photos - 8} photos x 8 variants, {name}"
+            row("cpu", what, f"{took:.1f} s ({rate:.1f} img/s)")
+        speedup = built["torch"] / built["onnx"]
+        target("cpu_cache_build_onnxruntime_over_torch", f"{speedup:.2f}x", ">= 2.5x", speedup >= 2.5)
+
     n = 1_000
     with tempfile.TemporaryDirectory() as folder:
         write_photo_folder(Path(folder), n)
@@ -630,6 +699,8 @@ def bench_cpu(quick: bool, imagededup_python: str | None) -> None:
         alone = "trunk alone, onnxruntime" if runner is not None else "trunk alone, channels_last"
         bound = n / ours_s / rates[alone]
         row("cpu", f"dedup photos/s over the {alone} img/s (1.0: trunk-bound)", f"{bound:.2f}")
+        for stage, seconds in dedup_stages(net, sorted(Path(folder).iterdir())).items():
+            row("cpu", f"dedup stage, run alone: {stage}", f"{seconds:.1f} s ({100 * seconds / ours_s:.0f}% of dedup)")
         theirs_s, how = imagededup_seconds(imagededup_python, Path(folder))
     if theirs_s is None:
         row("cpu", f"dedup of {n:,} 640x480 JPEGs: imagededup 0.3.3 CNN", how)
@@ -761,9 +832,12 @@ def main(argv: list[str] | None = None) -> int:
         "--sections", default="sampling,training,dedup,cpu,gpu,baselines", help="comma-separated subset to run"
     )
     parser.add_argument(
-        "--imagededup-python", metavar="PATH", help="a Python with imagededup==0.3.3, for the CPU dedup comparison"
+        "--imagededup-python",
+        metavar="PATH",
+        help="a Python with imagededup==0.3.3, for the CPU dedup comparison (default: this one, if it has it)",
     )
     args = parser.parse_args(argv)
+    args.imagededup_python = args.imagededup_python or default_imagededup_python()
     sections = set(args.sections.split(","))
     print(
         f"SameSpace benchmarks ({'quick' if args.quick else 'full'}): torch {torch.__version__}, "

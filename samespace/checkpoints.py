@@ -64,11 +64,14 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_checksum(checkpoint_dir: str | os.PathLike) -> Path:
-    """Record the SHA-256 and size of ``state_dict.pth`` in ``samespace.json`` beside it, atomically."""
+def write_checksum(checkpoint_dir: str | os.PathLike, trained_with: dict[str, str] | None = None) -> Path:
+    """Record the SHA-256 and size of ``state_dict.pth`` in ``samespace.json`` beside it, atomically,
+    with ``trained_with`` (how the run made its inputs, e.g. the engine that built the feature cache)."""
     folder = Path(checkpoint_dir)
     state_file = folder / "state_dict.pth"
-    record = {"state_dict.pth": {"sha256": sha256_of(state_file), "bytes": state_file.stat().st_size}}
+    record: dict = {"state_dict.pth": {"sha256": sha256_of(state_file), "bytes": state_file.stat().st_size}}
+    if trained_with:
+        record["trained with"] = dict(trained_with)
     target = folder / CHECKSUM_FILE
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     partial.write_text(json.dumps(record, indent=2) + "\n")

@@ -40,6 +40,7 @@ class Dedup:
     search: str
     head_evaluations: int
     trunk_images: int = 0
+    engine: str | None = None  # what ran the trunk (``engine.label``); None: no model (a hash method)
     unreadable: list[Skipped] = dataclasses.field(default_factory=list)
     reasons: np.ndarray | None = None  # per scored pair: MODEL or IDENTICAL
     identical: list[list[int]] = dataclasses.field(default_factory=list)  # byte-identical groups
@@ -327,7 +328,7 @@ def find_duplicates(
     result.names = names  # pairs of representatives, renumbered among all photos
     result.first, result.second = rep_index[result.first], rep_index[result.second]
     result.mark_identical([[index_of[r]] + [index_of[c] for c in copies_of[r]] for r in kept_reps if r in copies_of])
-    result.trunk_images, result.unreadable = embedder.trunk_images, skipped
+    result.trunk_images, result.unreadable, result.engine = embedder.trunk_images, skipped, embedder.engine
     rank_for_keeping(result, paths, keep)
     return result
 
@@ -369,6 +370,7 @@ def write_outputs(
         "threshold": round(float(result.threshold), 4),
         **({"threshold from": threshold_source} if threshold_source else {}),
         "search": result.search,
+        **({"engine": result.engine} if result.engine else {}),
         "scored pairs": int(len(result.scores)),
         "head evaluations": result.head_evaluations,
         "identical copies": sum(len(group) - 1 for group in result.identical),

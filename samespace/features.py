@@ -100,10 +100,10 @@ def trunk_features(
     forward pass instead of ``trunk`` itself.
     """
     device = torch.device(device)
+    if runner is not None:  # the ONNX export takes NCHW: preprocessing in it spares a layout copy
+        return runner(PREPROCESSINGS[preprocessing](transforms.apply_variant(images.contiguous(), variant)))
     pixels = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
     inputs = PREPROCESSINGS[preprocessing](transforms.apply_variant(pixels, variant))
-    if runner is not None:
-        return runner(inputs)
     inputs = inputs.contiguous(memory_format=torch.channels_last)
     with cudnn_benchmark(device), torch.autocast(device.type, torch.bfloat16, enabled=autocast):
         return trunk(inputs).float().cpu()
@@ -290,8 +290,9 @@ class FeaturePairDataset(torch.utils.data.Dataset):
     ``collate=collate_batch`` (a DataLoader's default collate expects a list of items).
     """
 
-    def __init__(self, features: torch.Tensor, pairs: PairSet):
+    def __init__(self, features: torch.Tensor, pairs: PairSet, engine: str = "torch"):
         self.features = features
+        self.engine = engine  # what computed the features (``FeatureCache.engine``), for the checkpoint
         self.first = torch.from_numpy(pairs.first.astype(np.int64))
         self.second = torch.from_numpy(pairs.second.astype(np.int64))
         self.first_variant = torch.from_numpy(pairs.first_variant.astype(np.int64))

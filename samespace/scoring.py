@@ -60,7 +60,9 @@ class Embedder:
     tower reading its own trunk's; a shared trunk gives (N, D), read by both towers.
 
     ``engine_name`` (``engine.choose``: auto is onnx on the CPU) runs each trunk through its own
-    cached ONNX export, with the threads ``thread_split`` leaves the trunk; ``engine`` says which ran.
+    cached ONNX export, with the threads ``thread_split`` leaves the trunk (``trunk_threads``
+    overrides it, for callers that decode with other than ``thread_split``'s threads); ``engine``
+    says which ran.
     """
 
     def __init__(
@@ -70,12 +72,13 @@ class Embedder:
         batch_size: int | None = None,
         autocast: bool = False,
         engine_name: str = "torch",
+        trunk_threads: int | None = None,
     ):
         self.net = net.to(device).eval()
         self.trunks = tuple(features.inference_trunk(trunk, device) for trunk in net.trunks)
         self.trunk = self.trunks[0]
         self.device = torch.device(device)
-        threads = thread_split(self.device)[1]
+        threads = trunk_threads or thread_split(self.device)[1]  # the engine's: fixed at session creation
         self.runners = tuple(
             engine.load(
                 trunk,

@@ -230,8 +230,9 @@ class DataSettings:
     feature_cache: bool = setting(True, allowed="true or false")
     cache_dir: str | None = setting(None, allowed="a folder path")
     workers: int = setting(2, allowed="an integer >= 0", test=lambda n: n >= 0)
-    # What builds the feature cache (samespace/engine.py); torch keeps existing caches' keys.
-    engine: str = setting("torch", allowed=f"one of {', '.join(ENGINES)}", test=lambda s: s in ENGINES)
+    # What builds the feature cache (samespace/engine.py): auto is onnxruntime on the CPU (about 3x
+    # torch there), torch on CUDA. The cache key names the engine, so engines' entries never mix.
+    engine: str = setting("auto", allowed=f"one of {', '.join(ENGINES)}", test=lambda s: s in ENGINES)
 
     @classmethod
     def from_config(cls, section: Any) -> "DataSettings":

@@ -9,8 +9,10 @@ and the feature-cache key ``PREPROCESSING`` follow from that list, read whenever
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
@@ -24,7 +26,34 @@ ROTATION_INTERPOLATION = TF.InterpolationMode.NEAREST
 
 def rotate(degrees: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """A fixed rotation of uint8 image(s) about the centre, nearest neighbour, black fill."""
-    return lambda images: TF.rotate(images, degrees, interpolation=ROTATION_INTERPOLATION)
+
+    def rotated(images: torch.Tensor) -> torch.Tensor:
+        if ROTATION_INTERPOLATION != TF.InterpolationMode.NEAREST:
+            return TF.rotate(images, degrees, interpolation=ROTATION_INTERPOLATION)
+        height, width = images.shape[-2:]
+        source = rotation_map(height, width, degrees, images.device)
+        flat = images.reshape(*images.shape[:-2], height * width)
+        padded = torch.cat([flat.new_zeros(*flat.shape[:-1], 1), flat], dim=-1)  # position 0: the fill
+        if padded.device.type == "cpu":  # numpy's take is about 2x torch.gather here
+            return torch.from_numpy(np.take(padded.numpy(), source.numpy(), axis=-1)).reshape(images.shape)
+        return padded.gather(-1, source.expand(*flat.shape)).reshape(images.shape)
+
+    return rotated
+
+
+@functools.lru_cache(maxsize=32)
+def rotation_map(height: int, width: int, degrees: float, device: torch.device) -> torch.Tensor:
+    """For each pixel of ``TF.rotate(image, degrees)`` (nearest, fill 0), 1 + the flat position of
+    the pixel it copies, or 0 for the fill. Made once by TF.rotate itself from an image of
+    positions (float32 holds them exactly), so it is torchvision's mapping, pixel for pixel.
+
+    Nearest-neighbour rotation only moves pixels, so it is a gather: about 20x faster on a CPU
+    than resampling every batch (torchvision rebuilds and samples a grid per call), which made the
+    rotations cost as much as the onnxruntime trunk in the feature-cache build."""
+    # int64 positions: what torch.gather wants, and numpy's take reads them as its intp
+    positions = torch.arange(1, height * width + 1, dtype=torch.float32).reshape(1, 1, height, width)
+    rotated = TF.rotate(positions, degrees, interpolation=TF.InterpolationMode.NEAREST)
+    return rotated.reshape(-1).round().long().to(device)
 
 
 # (name, function on uint8 image batches), applied in this order.
@@ -58,8 +87,11 @@ def apply_variant(images: torch.Tensor, variant: int) -> torch.Tensor:
 
 
 def normalise(images: torch.Tensor) -> torch.Tensor:
-    """uint8 images to the network's input: scale to [0, 1] first, then ImageNet normalisation."""
-    return TF.normalize(images.float().div(255.0), IMAGENET_MEAN, IMAGENET_STD)
+    """uint8 images to the network's input: scale to [0, 1] first, then ImageNet normalisation.
+
+    In place on the fresh float copy: the same operations in the same order (so the same bits) as
+    the out-of-place form, without two more image-sized temporaries (about 3x faster on a CPU)."""
+    return TF.normalize(images.float().div_(255.0), IMAGENET_MEAN, IMAGENET_STD, inplace=True)
 
 
 def model_input(images: torch.Tensor, variant: int = 0) -> torch.Tensor:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +90,16 @@ def clean_env(monkeypatch, tmp_path):
 
 def pytest_configure(config):
     os.environ.setdefault("TQDM_DISABLE", "1")
+    # The user's ~/.cache is theirs: the tests' engine exports and demo data go to a folder of
+    # this session (shared by its tests, so one trunk is exported once), removed at the end.
+    config.samespace_cache = tempfile.mkdtemp(prefix="samespace-tests-cache-")
+    os.environ["XDG_CACHE_HOME"] = config.samespace_cache
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "samespace_cache", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -81,6 +81,25 @@ def test_trunk_rates_time_an_engine_in_the_same_turns(monkeypatch):
     assert calls == [(2, 3, 256, 256)] * 3  # a warm-up turn and two timed ones, same batch as torch
 
 
+def test_cache_build_times_both_engines_on_the_same_chunks(monkeypatch, tmp_path):
+    from conftest import small_trunk
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the engine's export cache
+    monkeypatch.setattr(bench, "trunk_under_test", small_trunk)  # speed is not tested here
+    calls = []
+    real = bench.features.FeatureCache.features
+
+    def features(cache, images, desc="trunk features"):
+        calls.append((cache.engine, len(images)))
+        return real(cache, images, desc)
+
+    monkeypatch.setattr(bench.features.FeatureCache, "features", features)
+    seconds = bench.cache_build_seconds(8 + 4 + 3, chunk=4)
+    assert set(seconds) == {"torch", "onnx"} and all(s > 0 for s in seconds.values())
+    # the warm-up, then each chunk by torch and then by onnxruntime, in turn
+    assert calls == [("torch", 8), ("onnx", 8), ("torch", 4), ("onnx", 4), ("torch", 3), ("onnx", 3)]
+
+
 def test_gpu_section_lists_its_targets_as_not_measured_without_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(bench, "TARGETS", [])

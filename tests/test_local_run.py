@@ -50,6 +50,9 @@ def test_checkpoint_records_what_the_run_used(trained):
     for hparams in (load_data["hparams"], load_data["experiment_config"]["hyperparameters"]):
         assert hparams["pretrained"] is False and hparams["batches"] == 3 and "epochs" not in hparams
     assert Path(load_data["experiment_config"]["data"]["dir"]).is_dir()
+    # the engine that built the feature cache (data.engine auto: onnxruntime on the CPU)
+    record = json.loads((trained["checkpoint"] / "samespace.json").read_text())
+    assert record["trained with"] == {"trunk engine": "torch" if torch.cuda.is_available() else "onnx"}
 
 
 def test_resumed_run_continues_at_the_checkpoint_batch(trained, airbnb, monkeypatch):

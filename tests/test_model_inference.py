@@ -74,6 +74,7 @@ def test_cli_on_a_training_checkpoint(trained, airbnb, photo_folder, tmp_path):
     assert written == {"duplicates.json", "pairs.csv", "report.html", "summary.json", "to_remove.json"}
     summary = json.loads((produced / "summary.json").read_text())
     assert len(summary["warnings"]) == 1 and "scores are meaningless" in summary["warnings"][0]
+    assert summary["engine"] == report["engine"]  # what ran the trunk, recorded beside the results
     assert "Warning: checkpoint" in (produced / "report.html").read_text()
     assert "skipped notes.jpg: not an image in a format PIL reads" in out.stderr
     # A random trunk scores every pair alike, so how many pass 0.5 depends on the run; the two
@@ -323,7 +324,7 @@ def test_dedup_by_phash_writes_the_same_outputs(tmp_path):
     assert dict(found["p0.png"])["p0-copy.png"] == 1.0  # equal hashes (and bytes)
     summary = strict_json(json.loads((output / "summary.json").read_text()))
     assert summary["threshold"] == round(1 - 10 / 64, 4) and summary["search"] == "phash <= 10 bits"
-    assert summary["checkpoint"].startswith("phash (imagededup 0.3.3")
+    assert summary["checkpoint"].startswith("phash (imagededup 0.3.3") and "engine" not in summary  # no trunk ran
     assert (output / "pairs.csv").read_text().count("\n") == 1 + 3 and (output / "report.html").exists()
     assert checksums(folder) == before
 

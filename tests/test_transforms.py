@@ -31,6 +31,32 @@ def test_rotations_equal_the_originals_random_rotation(degrees, variant):
     assert torch.equal(apply_variant(batch, variant)[0], expected)
 
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(4, 3, 256, 256), (3, 37, 53), (2, 3, 64, 90)])
+@pytest.mark.parametrize("degrees", [5.0, -5.0, 33.0])
+def test_rotation_as_a_gather_is_torchvisions_rotation_pixel_for_pixel(device, shape, degrees):
+    """The precomputed nearest-neighbour map (a gather, the fast path) against TF.rotate itself,
+    on batches, single images, odd and non-square sizes and channels_last layouts."""
+    generator = torch.Generator().manual_seed(int(degrees) + len(shape))
+    images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator).to(device)
+    expected = TF.rotate(images, degrees, interpolation=TF.InterpolationMode.NEAREST)
+    assert torch.equal(transforms.rotate(degrees)(images), expected)
+    if images.dim() == 4:
+        channels_last = images.contiguous(memory_format=torch.channels_last)
+        assert torch.equal(transforms.rotate(degrees)(channels_last), expected)
+    assert (expected == 0).any()  # the corners are the fill, so the fill is checked too
+
+
+def test_other_interpolations_resample_through_torchvision(monkeypatch):
+    monkeypatch.setattr(transforms, "ROTATION_INTERPOLATION", TF.InterpolationMode.BILINEAR)
+    image = torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    expected = TF.rotate(image, 5.0, interpolation=TF.InterpolationMode.BILINEAR)
+    assert torch.equal(transforms.rotate(5.0)(image), expected)
+
+
 def test_cache_key_names_the_interpolation(monkeypatch):
     """Features cached with the former bilinear rotations must not be reused for nearest ones."""
     assert "nearest" in transforms.PREPROCESSING
