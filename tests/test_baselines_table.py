@@ -144,3 +144,31 @@ def test_table_lines_follow_the_block_and_say_where_thresholds_come_from():
     assert [line.split()[0] for line in lines[2:]] == ["samespace", "phash", "ahash"]
     assert lines[2].split()[1:6] == ["0.9000", "n/a", "0.5000", "0.7000", "12"] and "random weights" in lines[2]
     assert "120" in lines[3].split() and "(could not run: x.jpg: gone)" in lines[4]
+
+
+@pytest.mark.parametrize("trunk_per_side", [False, True])
+def test_samespace_and_trunk_cosine_rows_score_as_the_evaluation_does(trunk_per_side, small_net, tmp_path):
+    """samespace: the head's P(same space) of the unaltered photos, as evaluation.evaluate scores
+    all distinct pairs (also for the original's layout, a trunk per side); trunk-cosine: cosine of
+    the (first) trunk's features. The small trunk stands in for random MobileNetV3 (see conftest)."""
+    from conftest import small_trunk
+    from samespace import evaluation, features, pairs
+
+    if trunk_per_side:
+        small_net.second_trunk = small_trunk(seed=1)
+    context = context_of(tmp_path)
+    context.net = small_net
+    split = context.test
+    per_variant, _ = features.network_features(tmp_path / "fc", small_net, split.images)
+    balanced = pairs.build_pairs(split.rooms, pairs.wavelet_hashes(split.images))
+    outcome = evaluation.evaluate(small_net, per_variant, balanced, split.rooms, torch.device("cpu"))
+    _, expected = outcome["curves"]["all distinct pairs"]
+    scored = table.score_checkpoint(context, "samespace")
+    # the same layers on the same features, embedded in other batches: float32 rounding apart
+    np.testing.assert_allclose(scored.test, expected, rtol=0, atol=1e-6)
+    a, b, _ = split.pairs()
+    trunk = per_variant[:, 0, 0] if trunk_per_side else per_variant[:, 0]
+    unit = torch.nn.functional.normalize(trunk.double(), dim=1).numpy()
+    cosine = table.score_checkpoint(context, "trunk-cosine")
+    np.testing.assert_allclose(cosine.test, np.sum(unit[a] * unit[b], axis=1), rtol=0, atol=1e-12)
+    assert cosine.trained_on == "nothing (ImageNet trunk)" and scored.seconds > 0

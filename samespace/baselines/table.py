@@ -97,16 +97,15 @@ def parse_names(text: str) -> list[str]:
 
 
 def checkpoint_trunk(context: Context, split: SplitPhotos) -> torch.Tensor:
-    """The checkpoint's cached trunk features of a split's photos, unaltered variant, (N, D)
-    (the first side's for a checkpoint with a trunk per side)."""
+    """The checkpoint's cached trunk features of a split's photos, unaltered variant: (N, D), or
+    (N, 2, D) for a checkpoint with a trunk per side (the original's)."""
     per_variant, _ = context.remember(
         ("checkpoint", split.name),
         lambda: trunk_cache.network_features(
             context.cache_root, context.net, split.images, context.device, engine_name=context.engine_name
         )[0],
     )
-    first = per_variant[:, 0]
-    return first[:, 0] if first.dim() == 3 else first
+    return per_variant[:, 0]
 
 
 def samespace_photo_seconds(context: Context) -> tuple[float, float]:
@@ -131,8 +130,8 @@ def score_checkpoint(context: Context, name: str) -> Scored:
     for split in (context.train, context.test):
         a, b, _ = split.pairs()
         x = checkpoint_trunk(context, split)
-        if name == "trunk-cosine":
-            scores.append(features.cosine_matrix(x.numpy())[a, b])
+        if name == "trunk-cosine":  # the first side's trunk where each side has its own
+            scores.append(features.cosine_matrix((x[:, 0] if x.dim() == 3 else x).numpy())[a, b])
         elif ("samespace", split.name) in context.memo:  # the evaluation's own scores of these pairs
             scores.append(context.memo["samespace", split.name][0])
         else:
