@@ -225,8 +225,13 @@ def run_hash_dedup(args: argparse.Namespace) -> None:
     output = output_folder(args, default, scanned=args.folder)
     bits = int(args.threshold)
     result = dedup.find_hash_duplicates(
-        args.folder, args.method, max_distance=bits, recursive=args.recursive, exclude=output,
-        keep=args.keep, include_hidden=args.include_hidden,
+        args.folder,
+        args.method,
+        max_distance=bits,
+        recursive=args.recursive,
+        exclude=output,
+        keep=args.keep,
+        include_hidden=args.include_hidden,
     )
     label = f"{args.method} (imagededup 0.3.3; score 1 - Hamming/64, duplicate at <= {bits} bits)"
     summary = dedup.write_outputs(result, args.folder, output, args.scores, checkpoint=label, keep=args.keep)
