@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import hashlib
 import inspect
 import io
@@ -32,6 +33,7 @@ import json
 import logging
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -45,6 +47,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import determined as det
+import filelock
 import numpy as np
 import torch
 import torchvision
@@ -53,6 +56,7 @@ from determined import pytorch
 
 import data
 import synthetic
+from samespace import reports
 from samespace.checkpoints import local_checkpoint, local_checkpoint_root
 from samespace.console import progress, progress_enabled
 from samespace.errors import ConfigError, SameSpaceError, TrainingError, first_line
@@ -159,7 +163,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="run the trunk per pair (the reference path) instead of cached features",
     )
     parser.add_argument(
-        "--demo", action="store_true", help="train briefly on a generated dataset in a temporary folder"
+        "--demo",
+        action="store_true",
+        help="train 2 epochs on generated photos, kept in $XDG_CACHE_HOME/samespace/demo (default ~/.cache) "
+        "and reused by later demos (not with --data-dir)",
     )
     return parser.parse_args(argv)
 
@@ -280,13 +287,31 @@ def local_distributed() -> Iterator[det.core.DistributedContext | None]:
 
 
 class RunStopped(SameSpaceError):
-    """A local run that stopped before its end (interrupted, or diverged), and the checkpoint it
-    can continue from (None: none was written)."""
+    """A local run that stopped before its end (interrupted, diverged, or out of disk), and the
+    checkpoint it can continue from (None: none was written). ``resumable``: the resume command
+    is shown (not after a divergence, whose checkpoint would restore the same settings)."""
 
-    def __init__(self, message: str, checkpoint: str | None, interrupted: bool = False):
+    def __init__(
+        self,
+        message: str,
+        checkpoint: str | None,
+        interrupted: bool = False,
+        resumable: bool | None = None,
+        exit_code: int | None = None,
+    ):
         super().__init__(message)
         self.checkpoint = checkpoint
         self.interrupted = interrupted
+        self.resumable = interrupted if resumable is None else resumable
+        self.exit_code = exit_code or (130 if interrupted else 2)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or a scheduler's SIGTERM, raised in the main thread so the run unwinds the same way."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 def train_locally(trial_cls: type[pytorch.PyTorchTrial], args: argparse.Namespace) -> pytorch.PyTorchTrial:
@@ -308,6 +333,8 @@ def train_locally(trial_cls: type[pytorch.PyTorchTrial], args: argparse.Namespac
     checkpoint_period = pytorch.Epoch(args.checkpoint_epochs) if args.checkpoint_epochs else None
     resume, resume_batches = local_checkpoint(args.resume) if args.resume else (None, 0)
     trial = None
+    root = local_checkpoint_root()
+    existing = set(os.listdir(root)) if root.is_dir() else set()  # never touched
     try:
         with contextlib.ExitStack() as stack:
             # The data directory given on the command line beats $SAMESPACE_DATA_DIR for this run.
@@ -329,13 +356,98 @@ def train_locally(trial_cls: type[pytorch.PyTorchTrial], args: argparse.Namespac
                 checkpoint_policy="all",
                 latest_checkpoint=resume,
             )
-    except KeyboardInterrupt:
-        latest = last_checkpoint(trial, resume)
+    except KeyboardInterrupt as exc:
+        remove_partial_checkpoints(root, existing, trial)  # a Ctrl-C during a checkpoint write
+        signum = getattr(exc, "signum", signal.SIGINT)
+        how = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
         done = batches_done(trial, resume_batches)
-        raise RunStopped(f"interrupted after batch {done}", latest, interrupted=True) from None
+        latest = last_checkpoint(trial, resume)
+        raise RunStopped(
+            f"interrupted{how} after batch {done}", latest, interrupted=True, exit_code=128 + signum
+        ) from None
     except TrainingError as exc:
         raise RunStopped(str(exc), last_checkpoint(trial, resume)) from None
+    except Exception as exc:
+        partial = remove_partial_checkpoints(root, existing, trial)
+        if not partial:
+            raise
+        raise checkpoint_failure(exc, root, partial, trial, resume, batches_done(trial, resume_batches)) from None
     return trial
+
+
+def remove_partial_checkpoints(root: Path, existing: set[str], trial: pytorch.PyTorchTrial | None) -> list[str]:
+    """Delete the checkpoint folders this run began and did not finish (a write that failed or
+    was interrupted); returns their names. The run's report lists the complete ones: all the
+    trial's files and the checksum record beside them written (enough to resume, even if
+    Determined's metadata.json did not follow)."""
+    if trial is None or not root.is_dir():
+        return []
+    complete = {Path(c).name for c in trial.report.checkpoints}
+    removed = []
+    for folder in root.iterdir():
+        if folder.name in existing or folder.name in complete or folder.name == "tensorboard":
+            continue
+        if not folder.is_dir() or folder.is_symlink() or not UUID_NAME.fullmatch(folder.name):
+            continue
+        removed.append(folder.name)
+        shutil.rmtree(folder, ignore_errors=True)
+        logger.info("removed the partial checkpoint %s", folder)
+    return removed
+
+
+UUID_NAME = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path):
+        path = path.parent
+    return path
+
+
+def checkpoint_bytes(trial: pytorch.PyTorchTrial, resumed: str | None, root: Path) -> int:
+    """What a checkpoint of this run takes: its last complete one, else its weights and
+    optimizer state (what ``state_dict.pth`` holds)."""
+    for name in [*(Path(c).name for c in reversed(trial.report.checkpoints)), resumed]:
+        if name and (root / name).is_dir():
+            return folder_bytes(root / name)
+    net, optimizer = getattr(trial, "net", None), getattr(trial, "optimizer", None)
+    states = [net.state_dict()] if net is not None else []
+    states += list(optimizer.state_dict()["state"].values()) if optimizer is not None else []
+    return sum(t.numel() * t.element_size() for state in states for t in state.values() if torch.is_tensor(t))
+
+
+def checkpoint_failure(
+    exc: Exception, root: Path, partial: list[str], trial: pytorch.PyTorchTrial, resume: str | None, done: int
+) -> RunStopped:
+    """One line for a checkpoint that could not be written (its partial folder already removed),
+    naming the disk, the space a checkpoint needs and the last complete checkpoint. torch reports
+    a full disk as RuntimeError ("unexpected pos"), so the free space decides, as the errno does."""
+    needed = checkpoint_bytes(trial, resume, root)
+    free = shutil.disk_usage(root).free
+    causes, cause = [], exc
+    while cause is not None and len(causes) < 10:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    full = any(isinstance(c, OSError) and c.errno in DISK_FULL for c in causes) or free < needed
+    removed = ", ".join(partial)
+    if full:
+        why = (
+            f"the disk holding {root} (mounted at {mount_point(root)}) is full: {free / 2**20:,.0f} MiB free, "
+            f"a checkpoint needs about {needed / 2**20:,.0f} MiB; free space there or set XDG_DATA_HOME to another disk"
+        )
+    else:
+        why = f"{type(exc).__name__}: {first_line(exc, 200)}"
+    return RunStopped(
+        f"cannot write the checkpoint after batch {done}: {why}; removed the partial checkpoint {removed}",
+        last_checkpoint(trial, resume),
+        resumable=True,
+    )
 
 
 def last_checkpoint(trial: pytorch.PyTorchTrial | None, resumed: str | None) -> str | None:
@@ -346,6 +458,15 @@ def last_checkpoint(trial: pytorch.PyTorchTrial | None, resumed: str | None) -> 
 
 def batches_done(trial: pytorch.PyTorchTrial | None, resumed_at: int) -> int:
     return trial.report.batches if trial is not None else resumed_at
+
+
+def checkpoint_batch(checkpoint: str) -> int | None:
+    """The batch a local checkpoint was saved at (Determined's metadata.json), None if unreadable."""
+    try:
+        steps = json.loads((local_checkpoint_root() / checkpoint / "metadata.json").read_text())["steps_completed"]
+    except (OSError, ValueError, TypeError, KeyError, RecursionError):
+        return None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
 
 
 def resume_command(checkpoint: str, argv: Sequence[str]) -> str:
@@ -372,6 +493,8 @@ class EpochProgress(pytorch.PyTorchCallback):
         self.context = trial.context  # type: ignore[attr-defined]
         self.every = every  # reading the loss syncs a GPU: only every few batches
         self.bar: Any = None
+        self.started: float | None = None  # the first batch this process trained, for the run's ETA
+        self.trained = 0
         self.enabled = progress_enabled() and self.context.distributed.rank == 0
         if self.enabled:
             train_batch = trial.train_batch
@@ -384,19 +507,27 @@ class EpochProgress(pytorch.PyTorchCallback):
             trial.train_batch = counted  # type: ignore[method-assign]
 
     def advance(self, epoch_idx: int, batch_idx: int, metrics: Any) -> None:
+        # Determined's own epoch length (private; the bars only lose their totals without it).
+        length = getattr(self.context, "_epoch_len", None)
+        total = run_batches(self.context.get_hparams(), length)
         if self.bar is None:
-            # Determined's own epoch length (private; the bar only loses its total without it).
-            length = getattr(self.context, "_epoch_len", None)
+            epochs = f"/{-(-total // length)}" if total and length else ""
             self.bar = progress(
                 total=length,
                 initial=batch_idx % length if length else 0,
-                desc=f"epoch {epoch_idx + 1}",
+                desc=f"epoch {epoch_idx + 1}{epochs}",
                 unit="batch",
                 dynamic_ncols=True,
             )
         self.bar.update(1)
+        self.started = self.started or time.monotonic()
+        self.trained += 1
         if self.bar.n % self.every == 0 and isinstance(metrics, dict) and "loss" in metrics:
-            self.bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", refresh=False)
+            postfix = {"loss": f"{float(metrics['loss']):.4f}"}
+            if total and self.trained > 1:  # the whole run's training time left (validation not included)
+                rate = (time.monotonic() - self.started) / (self.trained - 1)
+                postfix["run ETA"] = self.bar.format_interval(max(0, total - batch_idx - 1) * rate)
+            self.bar.set_postfix(postfix, refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -411,6 +542,14 @@ class EpochProgress(pytorch.PyTorchCallback):
 
     def on_trial_shutdown(self) -> None:
         self.close()
+
+
+def run_batches(hparams: dict[str, Any], epoch_length: int | None) -> int | None:
+    """The batches a local run trains in all (``local_config`` records --batches or the epochs)."""
+    if hparams.get("batches"):
+        return int(hparams["batches"])
+    epochs = hparams.get("epochs")
+    return int(epochs) * epoch_length if epochs and epoch_length else None
 
 
 class MissingPrerequisites(ConfigError):
@@ -494,6 +633,7 @@ def check_prerequisites(config: dict[str, Any], hparams: dict[str, Any]) -> None
 # find as many negatives (a balanced pair set).
 DEMO_DATASET = dict(train_rooms=20, test_rooms=6, photos_per_room=(2, 3), train_singles=120, test_singles=80)
 DEMO_MARKER = ".samespace-demo-complete"
+DEMO_LOCK = ".data.lock"  # beside data/, in the demo folder
 
 
 def demo_folder() -> Path:
@@ -509,6 +649,7 @@ def demo_dataset() -> Path:
     The photos are generated into a staging folder whose marker (the dataset's parameters and
     the generator's source hash) is written last, then renamed into place: a folder without the
     current marker is incomplete or stale and is replaced, with the features cached in it.
+    Demos started together wait on a lock beside the folder; the first generates, the rest reuse.
     """
     folder = demo_folder()
     data_dir = folder / "data"
@@ -518,26 +659,60 @@ def demo_dataset() -> Path:
     spec = json.dumps(
         {"dataset": DEMO_DATASET, "generator": hashlib.sha256(source.encode()).hexdigest()}, sort_keys=True
     )
-    marker = data_dir / DEMO_MARKER
-    if marker.is_file() and marker.read_text() == spec:
+    if demo_is_current(data_dir, spec):
         print(f"demo: reusing the generated photos in {data_dir}")
         return data_dir
     folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+    # The lock lives beside the data, not in it: replacing the data never removes a lock that
+    # another demo is waiting on, so demos started together generate the photos once.
+    lock = filelock.FileLock(str(folder / DEMO_LOCK))
     try:
-        made = synthetic.make_dataset(staging, **DEMO_DATASET)
-        (staging / DEMO_MARKER).write_text(spec)
-        if data_dir.exists():
-            shutil.rmtree(data_dir)  # ours, and incomplete or stale
-        staging.rename(data_dir)
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        print(f"demo: waiting for another demo run that is generating the photos in {data_dir}")
+        lock.acquire()
+    try:
+        if demo_is_current(data_dir, spec):  # made by the run we waited for
+            print(f"demo: reusing the generated photos in {data_dir}")
+            return data_dir
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+        try:
+            made = synthetic.make_dataset(staging, **DEMO_DATASET)
+            (staging / DEMO_MARKER).write_text(spec)
+            if data_dir.exists():  # ours, and incomplete or stale: swapped out whole, then removed
+                reports.exchange(staging, data_dir)
+            else:
+                staging.rename(data_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        lock.release()
     print(f"demo: generated {len(made['train'])} training and {len(made['test'])} test photos in {data_dir}")
     return data_dir
 
 
+def demo_is_current(data_dir: Path, spec: str) -> bool:
+    """Whether the demo's data is complete and made by the current generator (its marker is last)."""
+    marker = data_dir / DEMO_MARKER
+    try:
+        return marker.is_file() and marker.read_text() == spec
+    except OSError:
+        return False
+
+
+def refuse_demo_data_dir(args: argparse.Namespace) -> None:
+    """--demo trains on its own generated photos: a --data-dir beside it would be ignored (and then
+    repeated in the resume hint), so it is one line before any work."""
+    if args.data_dir is not None:
+        raise ConfigError(
+            f"--demo trains on generated photos kept in {demo_folder() / 'data'}, not on --data-dir {args.data_dir}: "
+            "leave out --data-dir, or leave out --demo to train on that folder"
+        )
+
+
 def run_demo(trial_cls: type[pytorch.PyTorchTrial], args: argparse.Namespace) -> pytorch.PyTorchTrial:
     """A short run on a generated dataset, with a random trunk when ImageNet weights are out of reach."""
+    refuse_demo_data_dir(args)
     data_dir = demo_dataset()
     no_pretrained = args.no_pretrained
     if not no_pretrained and not weights_available():
@@ -570,38 +745,54 @@ def summarise(trial: pytorch.PyTorchTrial) -> None:
         best = min(validated, key=lambda c: report.losses[c]) if validated else None
         if best is not None and best != report.checkpoints[-1]:
             print(f"best checkpoint: {Path(best).name} (validation_loss {report.losses[best]:.6f}; {best})")
+        print(f"next: {next_command(Path(best or path).name, trial.context.get_data_config().get('dir'))}")
+
+
+def next_command(checkpoint: str, data_dir: str | None) -> str:
+    """What to try after a run: evaluate its (best) checkpoint on the data it validated on."""
+    where = ["--data-dir", str(data_dir)] if data_dir else []
+    return shlex.join(["python", "model_inference.py", "evaluate", checkpoint, *where]) + (
+        "  (then `compare` two photos or `dedup` a folder with the same checkpoint)"
+    )
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and what schedulers send
 
 
 def stop_at_second_interrupt(signum: int, frame: Any) -> None:
-    """The first Ctrl-C stops the run cleanly; a second one during that cleanup ends it at once."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    raise KeyboardInterrupt
+    """The first Ctrl-C (or SIGTERM) stops the run cleanly; a second one during that cleanup ends it at once."""
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_DFL)
+    raise Interrupted(signum)
 
 
 def main(trial_cls: type[pytorch.PyTorchTrial], argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, stop_at_second_interrupt) if main_thread else None
+    previous = {stop: signal.signal(stop, stop_at_second_interrupt) for stop in STOP_SIGNALS} if main_thread else {}
     try:
         trial = run_demo(trial_cls, args) if args.demo else train_locally(trial_cls, args)
     except RunStopped as exc:
         if not exc.checkpoint:
             where = "no checkpoint was written"
-        elif exc.interrupted:
-            where = f"continue from checkpoint {exc.checkpoint} with: {resume_command(exc.checkpoint, argv)}"
+        elif exc.resumable:
+            batch = checkpoint_batch(exc.checkpoint)
+            at = f" (saved at batch {batch}, where training resumes)" if batch is not None else ""
+            where = f"continue from checkpoint {exc.checkpoint}{at} with: {resume_command(exc.checkpoint, argv)}"
         else:  # resuming would restore the checkpoint's optimizer settings too, so no command
             where = f"last good checkpoint: {exc.checkpoint} (in {local_checkpoint_root()})"
         print(f"stopped: {exc}; {where}", file=sys.stderr)
-        return 130 if exc.interrupted else 2
-    except KeyboardInterrupt:
-        print("stopped: interrupted before training began; no checkpoint was written", file=sys.stderr)
-        return 130
+        return exc.exit_code
+    except KeyboardInterrupt as exc:
+        how = "" if getattr(exc, "signum", signal.SIGINT) == signal.SIGINT else f" by {exc}"
+        print(f"stopped: interrupted{how} before training began; no checkpoint was written", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)
     except SameSpaceError as exc:
         print("\n".join(f"error: {line}" for line in str(exc).splitlines()), file=sys.stderr)
         return 2
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
     summarise(trial)
     return 0

@@ -40,6 +40,7 @@ class PairMetrics(pytorch.MetricReducer):
 
     def __init__(self, prefix: str = "validation_"):
         self.prefix = prefix
+        self.expected: int | None = None  # the validation set's pairs, when known (why_null)
         self.reset()
 
     def reset(self) -> None:
@@ -60,7 +61,20 @@ class PairMetrics(pytorch.MetricReducer):
     def cross_slot_reduce(self, per_slot: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
         logits = np.concatenate([s[0] for s in per_slot])
         labels = np.concatenate([s[1] for s in per_slot])
-        return metrics.pair_metrics(logits, labels, prefix=self.prefix)
+        result = metrics.pair_metrics(logits, labels, prefix=self.prefix)
+        return result | short_validation_why(result, labels, self.expected, self.prefix)
+
+
+def short_validation_why(result: dict, labels: np.ndarray, expected: int | None, prefix: str) -> dict[str, str]:
+    """Why ROC-AUC is null when only part of the validation set was scored (a test run,
+    ``det experiment create --test``, validates one batch): not "the split needs two rooms"."""
+    if f"{prefix}why_null" not in result or not len(labels) or not expected or len(labels) >= expected:
+        return {}
+    kind = "same-room" if labels.all() else "different-room"
+    return {
+        f"{prefix}why_null": f"ROC-AUC needs both same-room and different-room pairs; only {len(labels)} of the "
+        f"{expected} validation pairs were scored (a test run validates one batch), all {kind}"
+    }
 
 
 def is_finite(value: Any) -> bool:
@@ -175,6 +189,8 @@ class SiameseTrial(pytorch.PyTorchTrial):
         )
         # what ran the frozen trunk: the feature cache's engine, or torch inside the training graph
         self.report.trained_with["trunk engine"] = getattr(dataset, "engine", "torch")
+        if not shuffle:  # the validation set: a shorter validation is then told apart
+            self.validation.expected = len(dataset)
         return pytorch.DataLoader(
             dataset, batch_size=self.context.get_per_slot_batch_size(), shuffle=shuffle, **options
         )

@@ -313,7 +313,10 @@ def download(
     force: bool,
     session: Any,
     fetch: Callable[[Any, Path], None] = fetch,
+    saved: list[Saved] | None = None,
 ) -> list[Saved]:
+    """Download the chosen checkpoints; each is appended to ``saved`` once in place (so an
+    interrupted run can still list those)."""
     chosen, metric = choose(experiment_id, checkpoint_uuid, top_n, session)
     if output.exists() and not output.is_dir():
         raise DownloadError(f"--output {output} exists and is not a folder")
@@ -327,7 +330,7 @@ def download(
         if target.exists() and any(target.iterdir()) and not force:
             raise DownloadError(f"{target} exists and is not empty; pass --force to replace it")
     output.mkdir(parents=True, exist_ok=True)
-    saved = []
+    saved = [] if saved is None else saved
     for checkpoint in chosen:
         path = install(checkpoint, output, fetch)
         trial_id = checkpoint.training.trial_id if getattr(checkpoint, "training", None) else None
@@ -410,8 +413,23 @@ def interrupt(signum: int, frame: Any) -> NoReturn:
     raise KeyboardInterrupt  # so a scheduler's SIGTERM unwinds like Ctrl-C: staging folders removed
 
 
+def login_password(user: str | None) -> str | None:
+    """DET_PASSWORD for ``--user`` (the client itself reads it only with DET_USER, and would
+    prompt), unless DET_USER names someone else."""
+    if user is None or os.environ.get("DET_USER", user) != user:
+        return None
+    return os.environ.get("DET_PASSWORD")
+
+
+def show(saved: Sequence[Saved]) -> None:
+    for item in saved:
+        value = "n/a" if item.value is None else f"{item.value:.6f}"
+        print(f"{item.uuid}  trial {item.trial_id}  {item.metric} {value}  {item.path}")
+
+
 def main(argv: Sequence[str] | None = None, connect: Callable[..., Any] = connect, fetch: Callable = fetch) -> int:
     args = parse_args(argv)
+    saved: list[Saved] = []
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
     try:
@@ -423,8 +441,13 @@ def main(argv: Sequence[str] | None = None, connect: Callable[..., Any] = connec
             raise DownloadError(f"--max-unpacked-gb must be a number above 0, not {args.max_unpacked_gb}")
         if fetch is globals()["fetch"]:  # the real one; tests pass their own
             fetch = functools.partial(fetch, max_unpacked_gb=args.max_unpacked_gb)
-        session = connect(master=args.master, user=args.user)
-        saved = download(args.experiment, args.checkpoint, args.top_n, Path(args.output), args.force, session, fetch)
+        try:
+            session = connect(master=args.master, user=args.user, password=login_password(args.user))
+        except EOFError:  # the client prompted for a password with nothing to read it from
+            raise DownloadError(
+                f"no password for --user {args.user}: set DET_PASSWORD, or run `det user login {args.user}` once"
+            ) from None
+        download(args.experiment, args.checkpoint, args.top_n, Path(args.output), args.force, session, fetch, saved)
     except SameSpaceError as exc:
         print(f"error: {first_line(exc, 400)}", file=sys.stderr)
         return 2
@@ -432,14 +455,14 @@ def main(argv: Sequence[str] | None = None, connect: Callable[..., Any] = connec
         print(f"error: {explain(exc, args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted; the checkpoint being downloaded was not saved (those listed were)", file=sys.stderr)
+        show(saved)
+        listed = " (those listed were)" if saved else ""
+        print(f"error: interrupted; the checkpoint being downloaded was not saved{listed}", file=sys.stderr)
         return 130
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
-    for item in saved:
-        value = "n/a" if item.value is None else f"{item.value:.6f}"
-        print(f"{item.uuid}  trial {item.trial_id}  {item.metric} {value}  {item.path}")
+    show(saved)
     return 0
 
 

@@ -72,6 +72,11 @@ def output_folder(
         raise OutputError(f"output {output}: {existing} is {kind}, not a folder; pass --output DIR")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputError(f"output {output}: no permission to write in {existing}; pass --output DIR elsewhere")
+    if scanned is not None and existing == where and not os.access(where.parent, os.W_OK | os.X_OK):
+        raise OutputError(  # dedup's set is built beside the folder, then switched in (reports.output_set)
+            f"output {output}: no permission to write in {where.parent}, where the new reports are built before "
+            "they replace the old; pass --output DIR elsewhere"
+        )
     reports.prepare_output(output, args.force, create=False)
     return output
 
@@ -95,7 +100,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
     import dataclasses
 
     import data
-    from samespace import evaluation, features, reports, scoring
+    from samespace import evaluation, features, original, reports, scoring
     from samespace.baselines import table
     from samespace.checkpoints import open_checkpoint
     from samespace.settings import DataSettings
@@ -106,10 +111,13 @@ def run_evaluate(args: argparse.Namespace) -> None:
     root = data.dataset_root(data_dir)
     default = Path("samespace-outputs") / f"evaluate-{Path(args.checkpoint).resolve().name}"
     output = output_folder(args, default, inputs=[Path(args.checkpoint), root])
-    if not root.is_dir():
+    problem = test_data_problem(data_dir)
+    if problem:
+        raise DataError(problem)
+    if baselines and not (root / data.SPLITS["train"]).is_dir():  # before any work
         raise DataError(
-            f"no dataset under {data_dir}: download it with `python data.py --data-dir {data_dir}`, "
-            "or pass --data-dir DIR of a copy"
+            f"--baselines choose their thresholds on Training Data, and {printable(str(root / data.SPLITS['train']))} "
+            "is missing: use a complete copy of the dataset, or leave out --baselines"
         )
     net, meta = open_checkpoint(args.checkpoint, device, args.preprocessing)
     warning = random_trunk_warning(meta, args.checkpoint)
@@ -120,8 +128,11 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if args.cache_dir:
         settings = dataclasses.replace(settings, cache_dir=args.cache_dir)
     split, pairs = data.load_pairs(settings, "test", data_dir=data_dir)
+    images = split.images
+    if net.preprocessing == "original":  # the original's reader: native size, float resize
+        images = original.exact_images([photo.path for photo in split.photos])
     per_variant, engine = features.network_features(
-        settings.cache_root(data_dir), net, split.images, device, engine_name=args.engine
+        settings.cache_root(data_dir), net, images, device, engine_name=args.engine
     )
     outcome = evaluation.evaluate(net, per_variant, pairs, split.rooms, device)
     report = {
@@ -190,6 +201,37 @@ def baseline_split(split: Any, name: str) -> Any:
     return table.SplitPhotos(name, [p.path for p in split.photos], split.images, split.rooms)
 
 
+TEST_DATA_LAYOUT = "Airbnb Data/Test Data/<room-type>/<city>_<room_id>_<n>.jpg"
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+
+def test_data_problem(data_dir: Path) -> str | None:
+    """Why ``data_dir`` holds no Test Data for ``evaluate``, showing the layout it expects (a file
+    or a plain folder of photos is no download target), or None."""
+    import data
+
+    if (data.dataset_root(data_dir) / data.SPLITS["test"]).is_dir():
+        return None
+    where = printable(str(data_dir))
+    download = f"`python data.py --data-dir {where}` downloads the Kaggle copy"
+    if os.path.lexists(data_dir) and not data_dir.is_dir():
+        return f"--data-dir {where} is a file, not a folder: evaluate reads photos laid out as {TEST_DATA_LAYOUT}"
+    if not data_dir.is_dir():
+        return f"no dataset under {where}: {download}, or pass --data-dir DIR of a copy laid out as {TEST_DATA_LAYOUT}"
+    try:  # the first 10,000 entries tell a flat photo folder
+        with os.scandir(data_dir) as entries:
+            flat = sum(1 for _, entry in zip(range(10_000), entries) if entry.name.lower().endswith(PHOTO_SUFFIXES))
+    except OSError:
+        flat = 0
+    if flat:
+        return (
+            f"--data-dir {where} holds photos directly ({plural(flat, 'photo')}), but evaluate needs labelled ones "
+            f"laid out as {TEST_DATA_LAYOUT} (the room comes from the folder and the name); "
+            f"to find duplicates in a plain folder, use `model_inference.py dedup CHECKPOINT {where}`"
+        )
+    return f"no {TEST_DATA_LAYOUT} under {where}: pass --data-dir DIR of a copy laid out so, or {download}"
+
+
 def run_compare(args: argparse.Namespace) -> None:
     import numpy as np
 
@@ -207,6 +249,10 @@ def run_compare(args: argparse.Namespace) -> None:
     warning = random_trunk_warning(meta, args.checkpoint)
     if warning:
         logger.warning(warning)
+    if net.preprocessing == "original":  # the original's reader: native size, float resize
+        from samespace import original
+
+        pixels = np.stack([original.read_photo(path) for path in (args.first, args.second)])
     result = evaluation.compare(net, photos.as_tensor(pixels), device, engine_name=args.engine)
     print(
         f"{result['probability']:.4f}  {verdict(result['probability'], args.threshold)} at threshold "

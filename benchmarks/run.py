@@ -826,7 +826,7 @@ def bench_baselines(quick: bool) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--quick", action="store_true", help="fewer batches and projections (under 20 minutes on 2 CPU cores)"
+        "--quick", action="store_true", help="fewer batches and projections (the short run; --sections picks parts)"
     )
     parser.add_argument(
         "--sections", default="sampling,training,dedup,cpu,gpu,baselines", help="comma-separated subset to run"

@@ -74,8 +74,12 @@ def write_checksum(checkpoint_dir: str | os.PathLike, trained_with: dict[str, st
         record["trained with"] = dict(trained_with)
     target = folder / CHECKSUM_FILE
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    partial.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(partial, target)
+    try:
+        partial.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(partial, target)
+    except BaseException:  # a full disk leaves it created and empty
+        partial.unlink(missing_ok=True)
+        raise
     return target
 
 

@@ -27,6 +27,14 @@ KNOWN_NOISE = (
     ("determined", "rocm-smi not found"),
 )
 
+# (logger, message start): Determined's local bookkeeping, logged at INFO every 100 batches and at
+# each validation; shown only at DEBUG level.
+BOOKKEEPING = (
+    ("determined.core", "report_progress"),
+    ("determined.core", "upload_tensorboard_files"),
+    ("determined.core", "status: "),
+)
+
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in {"", "0", "false", "no", "off"}
@@ -53,14 +61,34 @@ class _DropMessages(logging.Filter):
         return not str(record.msg).startswith(self.starts)
 
 
+class _ToDebug(logging.Filter):
+    """Records starting with ``starts`` become DEBUG records: shown only when their logger is
+    enabled for DEBUG."""
+
+    def __init__(self, logger: logging.Logger, starts: tuple[str, ...]):
+        super().__init__()
+        self.logger, self.starts = logger, starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(self.starts):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return self.logger.isEnabledFor(logging.DEBUG)
+
+
 @contextlib.contextmanager
 def known_noise_silenced() -> Iterator[None]:
-    """Drop ``KNOWN_NOISE`` for the duration of one of our runs; library logging is restored after."""
-    filters = []
+    """Drop ``KNOWN_NOISE`` and demote ``BOOKKEEPING`` to DEBUG for the duration of one of our
+    runs; library logging is restored after."""
+    filters: list[tuple[str, logging.Filter]] = []
     for name in sorted({name for name, _ in KNOWN_NOISE}):
         drop = _DropMessages(tuple(start for source, start in KNOWN_NOISE if source == name))
         logging.getLogger(name).addFilter(drop)
         filters.append((name, drop))
+    for name in sorted({name for name, _ in BOOKKEEPING}):
+        demote = _ToDebug(logging.getLogger(name), tuple(start for source, start in BOOKKEEPING if source == name))
+        logging.getLogger(name).addFilter(demote)
+        filters.append((name, demote))
     try:
         yield
     finally:

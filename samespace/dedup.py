@@ -207,6 +207,42 @@ def identical_files(paths: list[Path]) -> list[list[int]]:
     return [g for g in by_digest.values() if len(g) > 1]
 
 
+@dataclasses.dataclass
+class Copies:
+    """A listing's byte-identical copies collapsed: only ``scored`` (positions in the listing:
+    every file but the second and later copies) is decoded, hashed or scored, so a group of k
+    copies costs one photo's work and k entries (O(copies), never k² pairs)."""
+
+    identical: list[list[int]]
+    scored: list[int]
+    copies_of: dict[int, list[int]]
+
+    @classmethod
+    def of(cls, files: list[Path]) -> Copies:
+        identical = identical_files(files)
+        return cls(identical, groups_module.representatives(len(files), identical), {g[0]: g[1:] for g in identical})
+
+    def expand(
+        self, files: list[Path], decoded: list[int], unreadable: list[Skipped]
+    ) -> tuple[list[int], list[int], list[Skipped]]:
+        """From the positions in ``scored`` that decoded: the representatives kept, every photo kept
+        (with their copies, listing order), and ``unreadable`` plus the copies of the lost ones."""
+        lost = set(self.scored) - {self.scored[i] for i in decoded}
+        reason_of = {entry.path: entry.reason for entry in unreadable}
+        unreadable = unreadable + [  # a copy of an unreadable file is unreadable for the same reason
+            Skipped(files[c], reason_of.get(files[position], "unreadable"))
+            for position in sorted(lost)
+            for c in self.copies_of.get(position, [])
+        ]
+        kept_reps = [self.scored[i] for i in decoded]
+        kept = sorted(kept_reps + [c for r in kept_reps for c in self.copies_of.get(r, [])])
+        return kept_reps, kept, unreadable
+
+    def groups_among(self, kept_reps: list[int], index_of: dict[int, int]) -> list[list[int]]:
+        """The identical groups of the kept representatives, renumbered among the kept photos."""
+        return [[index_of[r]] + [index_of[c] for c in self.copies_of[r]] for r in kept_reps if r in self.copies_of]
+
+
 def log_skipped(skipped: list[Skipped], folder: Path, shown: int = 10) -> None:
     """One line per skipped entry (the first ``shown``), names printable on any console."""
     for entry in skipped[:shown]:
@@ -257,20 +293,20 @@ def find_hash_duplicates(
     if not folder.is_dir():
         raise DataError(f"not a folder: {folder}")
     listing = list_files(folder, recursive, exclude, include_hidden)
-    found, kept, unreadable = hashes.file_hashes(listing.files, method)
+    copies = Copies.of(listing.files)  # as samespace dedup: each group of copies hashed once
+    found, decoded, unreadable = hashes.file_hashes([listing.files[i] for i in copies.scored], method)
+    kept_reps, kept, unreadable = copies.expand(listing.files, decoded, unreadable)
     skipped = sorted(listing.skipped + unreadable, key=lambda s: s.path)
     log_skipped(skipped, folder)
-    require_photos_here(kept, listing, folder, skipped)
+    require_photos_here(kept_reps, listing, folder, skipped)
+    index_of = {position: k for k, position in enumerate(kept)}
     paths = [listing.files[i] for i in kept]
     names = [path.relative_to(folder).as_posix() for path in paths]
-    a, b, distances = hashes.close_pairs(hashes.as_integers(found), max_distance)
-    identical = identical_files(paths)
-    unit = groups_module.units_of(len(paths), [group for group in identical if len(group) > 1])
-    apart = (unit[a] < 0) | (unit[a] != unit[b])  # byte-identical copies are listed as their group, once
-    a, b, distances = a[apart], b[apart], distances[apart]
-    threshold = float(hashes.similarity(max_distance))
-    result = Dedup(names, a, b, hashes.similarity(distances), threshold, f"{method} <= {max_distance} bits", 0)
-    result.mark_identical(identical)
+    a, b, distances = hashes.close_pairs(hashes.as_integers(found), max_distance)  # among representatives
+    rep_index = np.array([index_of[r] for r in kept_reps], dtype=np.int64)
+    threshold, search = float(hashes.similarity(max_distance)), f"{method} <= {max_distance} bits"
+    result = Dedup(names, rep_index[a], rep_index[b], hashes.similarity(distances), threshold, search, 0)
+    result.mark_identical(copies.groups_among(kept_reps, index_of))
     result.unreadable = skipped
     rank_for_keeping(result, paths, keep)
     return result
@@ -300,22 +336,13 @@ def find_duplicates(
     # bfloat16 trunk on CUDA, where it scores alike; engine_name: onnxruntime on the CPU (engine.py)
     embedder = scoring.Embedder(net, device, autocast=True, engine_name=engine_name)
     # Byte-identical copies first: only one of each group is decoded and scored (O(copies)).
-    identical = identical_files(listing.files)
-    scored = groups_module.representatives(len(listing.files), identical)
-    trunk_features, decoded, unreadable = scoring.features_of_files(embedder, [listing.files[i] for i in scored])
-    copies_of = {group[0]: group[1:] for group in identical}
-    lost = set(scored) - {scored[i] for i in decoded}
-    reason_of = {entry.path: entry.reason for entry in unreadable}
-    unreadable += [  # a copy of an unreadable file is unreadable for the same reason
-        Skipped(listing.files[c], reason_of.get(listing.files[position], "unreadable"))
-        for position in sorted(lost)
-        for c in copies_of.get(position, [])
-    ]
+    copies = Copies.of(listing.files)
+    files = [listing.files[i] for i in copies.scored]
+    trunk_features, decoded, unreadable = scoring.features_of_files(embedder, files)
+    kept_reps, kept, unreadable = copies.expand(listing.files, decoded, unreadable)
     skipped = sorted(listing.skipped + unreadable, key=lambda s: s.path)
     log_skipped(skipped, folder)
-    kept_reps = [scored[i] for i in decoded]
     require_photos_here(kept_reps, listing, folder, skipped)
-    kept = sorted(kept_reps + [c for r in kept_reps for c in copies_of.get(r, [])])
     index_of = {position: k for k, position in enumerate(kept)}
     paths = [listing.files[i] for i in kept]
     names = [path.relative_to(folder).as_posix() for path in paths]
@@ -327,7 +354,7 @@ def find_duplicates(
     rep_index = np.array([index_of[r] for r in kept_reps], dtype=np.int64)
     result.names = names  # pairs of representatives, renumbered among all photos
     result.first, result.second = rep_index[result.first], rep_index[result.second]
-    result.mark_identical([[index_of[r]] + [index_of[c] for c in copies_of[r]] for r in kept_reps if r in copies_of])
+    result.mark_identical(copies.groups_among(kept_reps, index_of))
     result.trunk_images, result.unreadable, result.engine = embedder.trunk_images, skipped, embedder.engine
     rank_for_keeping(result, paths, keep)
     return result
@@ -343,6 +370,19 @@ def report_pairs(result: Dedup) -> tuple[dict[tuple[int, int], float], set[tuple
     return pair_scores, identical
 
 
+def decision_aids(result: Dedup, identical: set[tuple[int, int]]) -> dict:
+    """What the report shows to help decide: each photo's best match, and the model-scored pairs
+    closest to the threshold (byte-identical pairs need no look)."""
+    model = result.reasons == MODEL
+    return {
+        "best_matches": groups_module.best_matches(result.first, result.second, result.scores, sorted(identical)),
+        "borderline": groups_module.closest_to_threshold(
+            result.first[model], result.second[model], result.scores[model], result.threshold, reports.BORDERLINE_PAIRS
+        ),
+        "threshold": float(result.threshold),
+    }
+
+
 def write_outputs(
     result: Dedup,
     folder: Path,
@@ -356,7 +396,6 @@ def write_outputs(
     """``duplicates.json``, ``to_remove.json``, ``pairs.csv``, ``report.html`` and ``summary.json``
     in ``output``, each written whole or not at all; returns the summary. ``checkpoint`` names the
     model in the reports; ``warnings`` (about the checkpoint) go into the summary and a banner."""
-    reports.prepare_output(output, force=True)  # the caller checked it before the work
     groups = result.groups()
     pair_scores, identical = report_pairs(result)
     removable = groups_module.to_remove(groups, result.names)
@@ -377,21 +416,24 @@ def write_outputs(
         "to remove": len(removable),
         "kept by": keep,
     }
-    reports.write_json(output / "duplicates.json", result.duplicates(with_scores))
-    reports.write_json(output / "to_remove.json", removable)
-    reports.write_pairs_csv(
-        output / "pairs.csv", result.names, result.first, result.second, result.scores, result.identical
-    )
-    reports.write_dedup_html(
-        output / "report.html", folder, result.names, groups, pair_scores, result.unreadable, summary,
-        identical=identical, warnings=warnings or [], details=groups_module.describe(result.facts),
-    )
-    reports.write_json(
-        output / "summary.json",
-        {
-            **summary,
-            "warnings": list(warnings or []),
-            "skipped": [f"{s.path}: {s.reason}" for s in result.unreadable],
-        },
-    )
+    reports.prepare_output(output, force=True, create=False)  # the caller checked it before the work
+    with reports.output_set(output) as new:  # replaced as a set, or not at all
+        reports.write_json(new / "duplicates.json", result.duplicates(with_scores))
+        reports.write_json(new / "to_remove.json", removable)
+        reports.write_pairs_csv(
+            new / "pairs.csv", result.names, result.first, result.second, result.scores, result.identical
+        )
+        reports.write_dedup_html(
+            new / "report.html", folder, result.names, groups, pair_scores, result.unreadable, summary,
+            identical=identical, warnings=warnings or [], details=groups_module.describe(result.facts),
+            **decision_aids(result, identical),
+        )
+        reports.write_json(
+            new / "summary.json",
+            {
+                **summary,
+                "warnings": list(warnings or []),
+                "skipped": [f"{s.path}: {s.reason}" for s in result.unreadable],
+            },
+        )
     return summary

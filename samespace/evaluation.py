@@ -66,7 +66,8 @@ def evaluate(
 def compare(
     net: SiameseNet, images: torch.Tensor, device: torch.device, engine_name: str = "torch"
 ) -> dict[str, float]:
-    """P(same space) of two uint8 photos (2, 3, H, W), in both orders and their mean."""
+    """P(same space) of two photos (2, 3, H, W: our uint8 read, or the original's float read for
+    its preprocessing), in both orders and their mean."""
     embedder = scoring.Embedder(net, device, engine_name=engine_name)
     scorer = scoring.PairScorer(net.head, *embedder.embed(embedder.backbone(images)))
     forward, backward = torch.sigmoid(scorer.logits(np.array([0, 1]), np.array([1, 0]))).tolist()

@@ -13,6 +13,7 @@ import contextlib
 import copy
 import hashlib
 import io
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -212,6 +213,7 @@ class FeatureCache:
                     self.folder,
                 )
             if missing:
+                remove_partials(self.folder)  # under the lock: no writer is at work
                 logger.info("computing trunk features of %d images into %s", len(missing), self.folder)
                 for index, array in zip(missing, self._compute(images, keys, missing, desc)):
                     loaded[index] = array
@@ -271,6 +273,7 @@ class FeatureCache:
         np.save(buffer, array)
         payload = buffer.getvalue()
         digest = hashlib.sha256(payload).hexdigest().encode()
+        partial = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             for target, content in ((path, payload), (self.checksum_path(path), digest)):
@@ -278,9 +281,24 @@ class FeatureCache:
                 partial.write_bytes(content)
                 os.replace(partial, target)
         except OSError as exc:
+            if partial is not None:  # a full disk leaves it created and empty
+                partial.unlink(missing_ok=True)
             if not self.write_failed:
                 logger.warning("feature cache: cannot write %s (%s); keeping features in memory", path, first_line(exc))
             self.write_failed = True
+
+
+def remove_partials(folder: Path) -> int:
+    """Delete the ``.partial`` files a writer left in the cache (killed, or out of disk) and
+    return how many; the caller holds the cache's lock, so none is being written."""
+    removed = 0
+    for partial in itertools.chain(folder.glob(".*.partial"), folder.glob("*/.*.partial")):
+        with contextlib.suppress(OSError):
+            partial.unlink()
+            removed += 1
+    if removed:
+        logger.info("feature cache: removed %d unfinished files in %s", removed, folder)
+    return removed
 
 
 class FeaturePairDataset(torch.utils.data.Dataset):

@@ -120,6 +120,7 @@ def star_groups(
 
 def describe(facts: dict[int, PhotoFacts]) -> dict[int, str]:
     """Per photo, what the report shows under it: resolution, file size and date."""
+
     def line(fact: PhotoFacts) -> str:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(fact.mtime))
         return f"{fact.width}×{fact.height} · {fact.bytes / 1e3:,.0f} KB · {when}"
@@ -131,3 +132,31 @@ def to_remove(groups: Sequence[Sequence[int]], names: Sequence[str]) -> list[str
     """imagededup's ``find_duplicates_to_remove`` format: the files a user may delete (all but the
     kept first of each group), sorted. The tool itself never deletes anything."""
     return sorted(names[m] for group in groups for m in group[1:])
+
+
+def best_matches(
+    first: np.ndarray, second: np.ndarray, scores: np.ndarray, identical: Sequence[tuple[int, int]] = ()
+) -> dict[int, tuple[int, float]]:
+    """Per photo, its best-scoring partner among the scored pairs and its score (an identical
+    copy's best match is its copy, score 1.0): what the report shows under each photo."""
+    same = np.array(list(identical), dtype=np.int64).reshape(-1, 2)
+    a = np.concatenate([first, second, same[:, 0], same[:, 1]]).astype(np.int64)
+    b = np.concatenate([second, first, same[:, 1], same[:, 0]]).astype(np.int64)
+    s = np.concatenate([scores, scores, np.ones(2 * len(same))]).astype(np.float64)
+    order = np.lexsort((-s, a))  # by photo, best score first
+    leads = order[np.r_[True, a[order][1:] != a[order][:-1]]] if len(order) else order
+    return {int(a[i]): (int(b[i]), float(s[i])) for i in leads}
+
+
+def closest_to_threshold(
+    first: np.ndarray, second: np.ndarray, scores: np.ndarray, threshold: float, count: int
+) -> list[tuple[float, int, int]]:
+    """The ``count`` scored pairs nearest the threshold, on either side, nearest first: the
+    decisions a small change of threshold would flip, the ones worth a look."""
+    distance = np.abs(np.asarray(scores, dtype=np.float64) - threshold)
+    if len(distance) > count:  # O(pairs), not a sort of every scored pair
+        candidates = np.argpartition(distance, count)[:count]
+        nearest = candidates[np.lexsort((candidates, distance[candidates]))]
+    else:
+        nearest = np.lexsort((np.arange(len(distance)), distance))
+    return [(float(scores[i]), int(first[i]), int(second[i])) for i in nearest]

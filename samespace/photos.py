@@ -17,7 +17,7 @@ import stat
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -351,16 +351,22 @@ def decode_budget() -> MemoryBudget:
 
 
 def read_photos(
-    paths: Sequence[Path], size: int = IMAGE_SIZE, desc: str = "reading photos", draft: bool = False
+    paths: Sequence[Path],
+    size: int = IMAGE_SIZE,
+    desc: str = "reading photos",
+    draft: bool = False,
+    attempt: Callable[[Path, MemoryBudget], np.ndarray | Skipped] | None = None,
 ) -> tuple[np.ndarray, list[int], list[Skipped]]:
     """Decode photos in parallel (PIL releases the GIL), within half the available memory.
 
     Returns the images that decoded (``(M, size, size, 3)`` uint8), their positions in ``paths``,
-    and the ones that did not.
+    and the ones that did not. ``attempt(path, budget)`` replaces ``attempt_photo`` (the
+    original's reader, ``samespace.original.attempt_photo``).
     """
     budget = decode_budget()
+    attempt = attempt or (lambda path, budget: attempt_photo(path, size, draft, budget))
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        attempts = pool.map(lambda path: attempt_photo(path, size, draft, budget), paths)
+        attempts = pool.map(lambda path: attempt(path, budget), paths)
         results = list(console.progress(attempts, total=len(paths), desc=desc))
     return gather(results, size)
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import ctypes
+import errno
 import html
 import io
 import json
 import os
 import re
+import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,6 +41,11 @@ PHOTOS_PER_PAGE = 300  # and about this many photos at most, so the first page l
 EAGER_PHOTOS = 60  # photos a group shows at once; the rest behind "more photos"
 MAX_PAIR_ROWS = 50  # pairs listed per group; pairs.csv has them all
 IDENTICAL_LABEL = "identical file"  # a byte-identical pair: no model score involved
+BORDERLINE_PAIRS = 12  # pairs closest to the threshold shown side by side, the ones worth a look
+BORDERLINE_SIZE = 256  # px, longest side of their pictures: readable, about 10 KB each
+# Captions wrap after these (file names, paths) rather than anywhere inside a word.
+BREAK_AFTER = re.compile(r"([/_\-.])")
+LOOK_NOTE = "; <a href='#borderline'>the pairs closest to the threshold</a>, the ones worth a look, follow the groups. "
 # A spreadsheet runs a cell that begins with one of these as a formula (OWASP "CSV injection").
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -59,11 +67,12 @@ def prepare_output(folder: str | Path, force: bool, create: bool = True) -> Path
     return folder
 
 
-def _default_mode() -> int:
-    """The permissions a plain ``open(path, "w")`` would give (mkstemp makes 0600)."""
+def _default_mode(base: int = 0o666) -> int:
+    """The permissions a plain ``open(path, "w")`` (``base`` 0o777: ``mkdir``) would give; mkstemp
+    and mkdtemp make 0600 and 0700."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return base & ~umask
 
 
 @contextlib.contextmanager
@@ -89,6 +98,76 @@ def atomic_write(path: Path, mode: str = "w", **open_kwargs) -> Iterator[IO]:
         if isinstance(exc, OSError):
             raise OutputError(f"cannot write {path}: {first_line(exc)}") from None
         raise
+
+
+@contextlib.contextmanager
+def output_set(output: Path) -> Iterator[Path]:
+    """A new folder beside ``output`` to write one run's files into, switched in for ``output``
+    as a whole when the block completes: a reader sees the old set or the new one, never a mix.
+    On any failure the new folder is removed and ``output`` is untouched. Files in ``output``
+    that the new set does not have (the user's own) are carried over into the new folder."""
+    output = Path(output)
+    # Beside the folder as named (the report's links to photos are relative to it); a link to a
+    # folder stays a link, and the folder it points to is switched.
+    target = Path(os.path.realpath(output) if output.is_symlink() else os.path.abspath(output))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+        os.chmod(staging, _default_mode(0o777))
+    except OSError as exc:
+        raise OutputError(f"cannot write the reports beside {output}: {first_line(exc)}") from None
+    try:
+        yield staging
+        switch_folder(staging, target)
+    except OSError as exc:
+        raise OutputError(f"cannot write the reports into {output}: {first_line(exc)}; it was left as it was") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # the new set on failure, else the old one
+
+
+def switch_folder(new: Path, target: Path) -> None:
+    """Put the folder ``new`` in place of ``target`` (leaving the old one at ``new``), with the
+    entries of ``target`` that ``new`` lacks moved into it first; all or nothing."""
+    if not os.path.lexists(target):
+        os.rename(new, target)
+        return
+    kept = [name for name in os.listdir(target) if not os.path.lexists(new / name)]
+    moved: list[str] = []
+    try:
+        for name in kept:
+            os.rename(target / name, new / name)
+            moved.append(name)
+        exchange(new, target)
+    except OSError:
+        for name in reversed(moved):  # back where they were
+            with contextlib.suppress(OSError):
+                os.rename(new / name, target / name)
+        raise
+
+
+RENAME_EXCHANGE = 2  # linux/fs.h
+AT_FDCWD = -100
+
+
+def exchange(first: Path, second: Path) -> None:
+    """Swap two folders: atomically with Linux's renameat2(RENAME_EXCHANGE), else (another
+    system, or a file system without it) by two renames, undone if the second fails."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is not None:
+        renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        if renameat2(AT_FDCWD, os.fsencode(first), AT_FDCWD, os.fsencode(second), RENAME_EXCHANGE) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), str(second))
+    aside = first.with_name(first.name + ".old")
+    os.rename(second, aside)
+    try:
+        os.rename(first, second)
+    except OSError:
+        os.rename(aside, second)
+        raise
+    os.rename(aside, first)
 
 
 def to_json(payload: object) -> str:
@@ -238,17 +317,23 @@ def thumbnail_uri(path: Path, size: int = THUMBNAIL_SIZE) -> str:
     return f"data:{mime};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _thumbnail_or_reason(path: Path) -> str:
+def _thumbnail_or_reason(path: Path, size: int = THUMBNAIL_SIZE) -> str:
     """The data URI, or for a photo that no longer reads (moved, changed since it was scored), a
     short reason without the path, which the caption already shows."""
     try:
-        return thumbnail_uri(path)
+        return thumbnail_uri(path, size)
     except UnidentifiedImageError:
         return "no preview: not an image PIL reads"
     except OSError as exc:
         return f"no preview: {exc.strerror or first_line(exc, 60)}"  # strerror: "No such file ..."
     except (ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         return f"no preview: {first_line(exc, 60)}"
+
+
+def breakable(text: str) -> str:
+    """``text`` escaped for HTML, with a line-break opportunity (``<wbr>``) after each / _ - and .
+    so that a narrow caption wraps a file name at its parts, not mid-word."""
+    return BREAK_AFTER.sub(r"\1<wbr>", html.escape(printable(text)))
 
 
 def photo_href(photo: Path, report_folder: Path) -> str:
@@ -265,11 +350,11 @@ def photo_href(photo: Path, report_folder: Path) -> str:
 STYLE = """
 :root{color-scheme:light;--line:#dde1e6;--muted:#5f6b7a}
 body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;padding:1.2em 2em;max-width:1400px;color:#1f2328}
-h1{font-size:1.4em;margin:.2em 0 .6em;word-break:break-all}
+h1{font-size:1.4em;margin:.2em 0 .6em;overflow-wrap:anywhere}
 .summary{display:flex;flex-wrap:wrap;gap:.5em;margin:0 0 .8em;padding:0}
 .summary div{border:1px solid var(--line);border-radius:6px;padding:.35em .8em;background:#f6f8fa}
 .summary dt{font-size:.75em;color:var(--muted);text-transform:uppercase;letter-spacing:.03em}
-.summary dd{margin:0;font-weight:600;font-size:1.1em;word-break:break-all}
+.summary dd{margin:0;font-weight:600;font-size:1.1em;overflow-wrap:anywhere}
 .note{color:var(--muted);margin:.3em 0 1em}
 details.page{border-top:2px solid var(--line);padding:.4em 0}
 details.page>summary{font-weight:600;font-size:1.05em;cursor:pointer}
@@ -279,18 +364,28 @@ details.group>summary{cursor:pointer;font-weight:600}
 details.group>summary .scores{font-weight:400;color:var(--muted)}
 .photos{display:flex;flex-wrap:wrap;gap:.6em;margin:.5em 0}
 figure{margin:0;width:104px}
-figure a{display:flex;align-items:center;justify-content:center;width:100px;height:100px;
+figure>a{display:flex;align-items:center;justify-content:center;width:100px;height:100px;
  background:#eef1f4;border:2px solid transparent;border-radius:4px}
-figure a:hover,figure:target a{border-color:#0969da}
+figure>a:hover,figure:target>a{border-color:#0969da}
 figure img{max-width:96px;max-height:96px;display:block}
 figure .missing{font-size:.7em;color:var(--muted);padding:.3em;text-align:center;overflow:hidden;max-height:94px}
-figcaption{font-size:.72em;line-height:1.25;word-break:break-all;margin-top:.2em}
+figcaption{font-size:.72em;line-height:1.25;overflow-wrap:break-word;margin-top:.2em}
+figcaption .match{color:var(--muted)}
 details.more>summary,details.pairs>summary{cursor:pointer;color:var(--muted);font-size:.9em}
 table{border-collapse:collapse;font-size:.82em;margin:.4em 0}
 caption{text-align:left;color:var(--muted);font-size:.9em}
-td,th{padding:.15em .7em;border-bottom:1px solid #eee;text-align:left;word-break:break-all}
+td,th{padding:.15em .7em;border-bottom:1px solid #eee;text-align:left;overflow-wrap:anywhere}
 td.score,th.score{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-.skipped li{word-break:break-all}
+.skipped li{overflow-wrap:anywhere}
+.borderline{display:flex;flex-wrap:wrap;gap:1em;margin:.6em 0}
+.borderline>div{border:1px solid var(--line);border-radius:6px;padding:.5em;width:560px;max-width:100%;
+ box-sizing:border-box}
+.borderline .verdict{font-weight:600;margin:0 0 .4em}
+.borderline .side{display:flex;gap:8px}
+.borderline figure{width:262px}
+.borderline figure>a{width:262px;height:262px}
+.borderline figure img{max-width:256px;max-height:256px}
+.borderline figcaption{font-size:.8em}
 .warning{background:#fff1e5;border:1px solid #d1242f;border-radius:6px;padding:.5em .8em;color:#82071e;font-weight:600}
 .kept{color:#1a7f37}
 """
@@ -336,6 +431,65 @@ SCRIPT = """
 NO_SCRIPT = "<noscript><p class='note'>These groups need JavaScript; duplicates.json lists them.</p></noscript>"
 
 
+def best_match_html(
+    member: int,
+    match: tuple[int, float] | None,
+    names: Sequence[str],
+    shown_photos: dict[int, str],
+    identical: set[tuple[int, int]],
+) -> str:
+    """The line under a photo naming its best-scoring partner (a link when the report shows it)."""
+    if match is None:
+        return ""
+    other, score = match
+    same = (member, other) in identical or (other, member) in identical
+    name = breakable(names[other])
+    target = f"<a href='#p{other}'>{name}</a>" if other in shown_photos else name
+    return f"<br><small class='match'>best match {IDENTICAL_LABEL if same else f'{score:.4f}'}: {target}</small>"
+
+
+def borderline_html(
+    folder: Path,
+    report_folder: Path,
+    names: Sequence[str],
+    borderline: Sequence[tuple[float, int, int]],
+    threshold: float,
+    identical: set[tuple[int, int]] = frozenset(),
+) -> str:
+    """The pairs closest to the threshold, each photo beside its partner at ``BORDERLINE_SIZE``:
+    duplicates just above it and near misses just below, the decisions worth checking by eye."""
+    members = sorted({m for _, a, b in borderline for m in (a, b)})
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        drawn = pool.map(lambda m: _thumbnail_or_reason(folder / names[m], BORDERLINE_SIZE), members)
+        pictures = dict(zip(members, drawn))
+
+    def side(member: int) -> str:
+        picture = pictures[member]
+        shown = html.escape(printable(names[member]))
+        inner = (
+            f"<img src='{picture}' alt='{shown}'>"
+            if picture.startswith("data:")
+            else f"<span class='missing'>{html.escape(picture)}</span>"
+        )
+        href = html.escape(photo_href(folder / names[member], report_folder))
+        return f"<figure><a href='{href}'>{inner}</a><figcaption>{breakable(names[member])}</figcaption></figure>"
+
+    cards = []
+    for score, a, b in borderline:
+        duplicate = score >= threshold
+        verdict = "duplicate" if duplicate else "not a duplicate"
+        digits = next((d for d in (4, 5, 6) if round(score - threshold, d)), 6)  # enough to see the gap
+        cards.append(
+            f"<div><p class='verdict'>{score:.{digits}f} · {verdict} ({'≥' if duplicate else '&lt;'} {threshold:g}, "
+            f"{score - threshold:+.{digits}f})</p><div class='side'>{side(a)}{side(b)}</div></div>"
+        )
+    return (
+        f"<section id='borderline'><h2>Worth a look: the {plural(len(borderline), 'pair')} closest to the "
+        f"threshold {threshold:g}</h2><p class='note'>A small change of threshold would flip these; "
+        f"pairs.csv has every scored duplicate.</p><div class='borderline'>{''.join(cards)}</div></section>"
+    )
+
+
 def pages_of(groups: Sequence[Sequence[int]]) -> list[range]:
     """Consecutive groups in pages of at most ``GROUPS_PER_PAGE`` groups and about
     ``PHOTOS_PER_PAGE`` shown photos (one group at least)."""
@@ -363,13 +517,19 @@ def write_dedup_html(
     identical: set[tuple[int, int]] = frozenset(),
     warnings: Sequence[str] = (),
     details: dict[int, str] | None = None,
+    best_matches: dict[int, tuple[int, float]] | None = None,
+    borderline: Sequence[tuple[float, int, int]] = (),
+    threshold: float | None = None,
 ) -> Path:
     """A self-contained page: ``summary`` first, then the duplicate groups, largest first, in
     collapsible pages (the first open); each photo of a group once, as a small inlined thumbnail
     linking to the original; each group's best pair scores in a collapsed table; then the files
     that were skipped. Only photos in groups get a thumbnail. A group's first photo is marked kept;
     pairs in ``identical`` are labelled "identical file", apart from model scores; ``warnings``
-    (about the checkpoint) are a banner above everything."""
+    (about the checkpoint) are a banner above everything. Under each photo: ``details`` (its
+    resolution, size, date) and its best match with its score (``best_matches``). After the
+    groups, the ``borderline`` pairs (score, first, second) nearest ``threshold``, side by side
+    at a readable size."""
     esc = html.escape
 
     def shown(text: str) -> str:
@@ -398,6 +558,7 @@ def write_dedup_html(
         name, thumbnail = names[member], thumbnails[member]
         mark = "<strong class='kept'>keep</strong> " if member in kept else ""
         detail = f"<br><small class='facts'>{esc(details[member])}</small>" if details and member in details else ""
+        detail += best_match_html(member, (best_matches or {}).get(member), names, thumbnails, identical)
         picture = (
             f"<img src='{thumbnail}' alt='{shown(name)}'>"
             if thumbnail.startswith("data:")
@@ -405,7 +566,7 @@ def write_dedup_html(
         )
         return (
             f"<figure id='p{member}'><a href='{esc(photo_href(folder / name, report_folder))}'>{picture}</a>"
-            f"<figcaption>{mark}{shown(name)}{detail}</figcaption></figure>"
+            f"<figcaption>{mark}{breakable(name)}{detail}</figcaption></figure>"
         )
 
     def group_html(number: int, members: Sequence[int], pairs: list[tuple[float, int, int]]) -> str:
@@ -456,8 +617,9 @@ def write_dedup_html(
             for key, value in summary.items()
         )
         + "</dl><p class='note'>Groups of photos the checkpoint scores as the same space, largest first. "
-        "Click a thumbnail to open the photo; a group's pair scores are under it. "
-        "duplicates.json and pairs.csv next to this page have every result.</p></header><main>",
+        "Click a thumbnail to open the photo; a group's pair scores are under it"
+        + (LOOK_NOTE if borderline else ". ")
+        + "duplicates.json and pairs.csv next to this page have every result.</p></header><main>",
     ]
     for page_number, page in enumerate(pages_of(groups), 1):
         smallest, largest = len(groups[page[-1]]), len(groups[page[0]])
@@ -472,6 +634,8 @@ def write_dedup_html(
         )
     if not groups:
         parts.append("<p id='no-groups'>No duplicates above the threshold.</p>")
+    if borderline and threshold is not None:
+        parts.append(borderline_html(folder, report_folder, names, borderline, threshold, identical))
     if unreadable:
 
         def where(skipped: Skipped) -> str:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
-from samespace import console, engine, features, photos
+from samespace import console, engine, features, original, photos
 from samespace.errors import ConfigError
 
 AUTOCAST_TOLERANCE = 1e-3  # largest change of a pair's probability that bfloat16 may cause
@@ -181,10 +182,20 @@ def all_upper_pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(n, k=1)
 
 
-def read_images(paths: list, desc: str = "reading photos") -> tuple[torch.Tensor, list[int], list[photos.Skipped]]:
-    """Decode photos to (N, 3, 256, 256) uint8; unreadable ones are returned, not raised. Large
-    JPEGs decode at reduced scale (draft): inference, unlike training, need not be pixel-exact."""
-    array, kept, skipped = photos.read_photos(paths, desc=desc, draft=True)
+def photo_reader(preprocessing: str) -> Callable[[Path, photos.MemoryBudget | None], np.ndarray | photos.Skipped]:
+    """How a photo file becomes trunk pixels for ``preprocessing``: the original's reader (native
+    size, float resize) for "original"; else ours, 256x256 uint8, large JPEGs decoded at reduced
+    scale (draft): inference, unlike training, need not be pixel-exact."""
+    if preprocessing == "original":
+        return original.attempt_photo
+    return lambda path, budget=None: photos.attempt_photo(path, draft=True, budget=budget)
+
+
+def read_images(
+    paths: list, desc: str = "reading photos", preprocessing: str = "ours"
+) -> tuple[torch.Tensor, list[int], list[photos.Skipped]]:
+    """Decode photos to (N, 3, 256, 256) (``photo_reader``); unreadable ones are returned, not raised."""
+    array, kept, skipped = photos.read_photos(paths, desc=desc, attempt=photo_reader(preprocessing))
     return photos.as_tensor(array), kept, skipped
 
 
@@ -245,16 +256,14 @@ def features_of_files(
     progress = dict(desc="photos", unit="chunk", disable=len(paths) <= chunk)
     if not decoders:
         for start in console.progress(starts, **progress):
-            add(start, *read_images(paths[start : start + chunk]))
+            add(start, *read_images(paths[start : start + chunk], preprocessing=embedder.net.preprocessing))
     else:
         budget = photos.decode_budget()  # as read_photos bounds its own pool's decodes
+        attempt = photo_reader(embedder.net.preprocessing)
         with ThreadPoolExecutor(max_workers=decoders) as pool, torch_threads(trunk_threads):
 
-            def submit(start: int) -> list:  # draft decoding: inference, not training
-                return [
-                    pool.submit(photos.attempt_photo, p, draft=True, budget=budget)
-                    for p in paths[start : start + chunk]
-                ]
+            def submit(start: int) -> list:
+                return [pool.submit(attempt, p, budget) for p in paths[start : start + chunk]]
 
             pending = submit(0) if len(paths) else []
             for k, start in enumerate(console.progress(starts, **progress)):

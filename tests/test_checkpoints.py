@@ -24,7 +24,7 @@ import data
 import model_inference
 import synthetic
 from conftest import float32_atol, summed_terms
-from samespace import features, original, photos, scoring, transforms
+from samespace import features, original, scoring, transforms
 from samespace.checkpoints import (
     CHECKSUM_FILE,
     find_checkpoint,
@@ -318,8 +318,9 @@ def test_compare_takes_the_originals_checkpoint_by_uuid(original_checkpoint, air
     assert "the original's" in out.stderr and "preprocessing: original" in out.stderr
     printed = [float(x) for x in re.findall(r"\d\.\d{4}", out.stdout)]
 
-    # The in-process inference path (checked against the original's modules above) on the same photos.
-    images = photos.as_tensor(np.stack([photos.read_photo(a, draft=True), photos.read_photo(b, draft=True)]))
+    # The in-process inference path (checked against the original's modules above) on the same
+    # photos, read the original's way (tests/test_original.py).
+    images = original.read_images([a, b])[0]
     embedder = scoring.Embedder(original_checkpoint["net"], CPU)
     scorer = scoring.PairScorer(original_checkpoint["net"].head, *embedder.embed(embedder.backbone(images)))
     a_then_b, b_then_a = torch.sigmoid(scorer.logits(np.array([0, 1]), np.array([1, 0]))).tolist()
@@ -342,7 +343,10 @@ def test_evaluate_reproduces_the_originals_validation_loss(original_checkpoint, 
     with torch.inference_mode():
         # Its trunks run as the inference path runs trunks: channels_last copies (test_features).
         trunks = [features.inference_trunk(tower[0]) for tower in (siamese.net1, siamese.net2)]
-        variants = [original_preprocess(transforms.apply_variant(split.images, v)) for v in range(8)]
+        # The original's read: torchvision at the file's size, float, antialiased resize to 256x256.
+        resize = torchvision.transforms.Resize((256, 256), antialias=True)
+        read = torch.stack([resize(torchvision.io.read_image(str(photo.path)).float()) for photo in split.photos])
+        variants = [original_preprocess(transforms.apply_variant(read, v)) for v in range(8)]
         variants = [x.contiguous(memory_format=torch.channels_last) for x in variants]
         net1 = torch.stack([siamese.net1[2](trunks[0](x).flatten(1)) for x in variants], dim=1)  # (photos, 8, 1280)
         net2 = torch.stack([siamese.net2[2](trunks[1](x).flatten(1)) for x in variants], dim=1)

@@ -214,6 +214,9 @@ def test_determined_local_test_mode_runs_the_trial(airbnb, tmp_path, feature_cac
     assert out.returncode == 0, out.stderr[-3000:]
     assert "The test experiment passed." in out.stdout  # Determined logs to stdout
     assert "report_validation_metrics" in out.stdout and "validation_loss" in out.stdout
+    # One validation batch, of the first (same-room) pairs: its null AUC says so, not "two rooms".
+    assert "validation_why_null" in out.stdout and "a test run validates one batch" in out.stdout
+    assert "needs at least two rooms" not in out.stdout
 
 
 def alias_bomb(levels: int = 9) -> str:

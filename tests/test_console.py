@@ -36,3 +36,22 @@ def test_known_noise_is_dropped_at_its_source_and_only_inside_a_run(caplog):
         "Profiler record function is ours",
         "Profiler record function after will be ignored",
     ]
+
+
+def test_determined_bookkeeping_goes_to_debug_level(caplog):
+    core = logging.getLogger("determined.core")
+    lines = ("report_progress with progress=0.5", "upload_tensorboard_files()", "status: training")
+    caplog.set_level(logging.INFO)
+    with console.known_noise_silenced():
+        for line in lines:
+            core.info(line)
+        core.info("report_training_metrics(steps_completed=100)")  # the loss a user reads stays
+    assert [r.getMessage() for r in caplog.records] == ["report_training_metrics(steps_completed=100)"]
+    caplog.clear()
+    caplog.set_level(logging.DEBUG)
+    with console.known_noise_silenced():
+        core.info(lines[0])
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("DEBUG", lines[0])]
+    caplog.clear()
+    core.info(lines[0])  # outside our runs, untouched
+    assert [r.levelname for r in caplog.records] == ["INFO"]

@@ -238,6 +238,37 @@ def test_hash_dedup_finds_copies_and_not_other_photos(method, tmp_path):
     assert [result.names[m] for m in group] == ["resized.png", "copy.png", "original.png"]
 
 
+def test_hash_dedup_hashes_each_group_of_identical_copies_once(tmp_path, monkeypatch):
+    """5,000 copies of one photo, a resized copy and a distinct photo: three files hashed (the
+    copies' representative among them), no pair among the copies (they are one group of 5,000
+    entries, never 12.5 M pairs), and the copies of an undecodable file skipped with its reason."""
+    from samespace.baselines import hashes
+
+    rng = np.random.default_rng(3)
+    coarse = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    Image.fromarray(coarse).resize((160, 120), Image.BICUBIC).save(tmp_path / "copy0000.png")
+    Image.open(tmp_path / "copy0000.png").resize((150, 112), Image.BILINEAR).save(tmp_path / "resized.png")
+    distinct = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    Image.fromarray(distinct).resize((160, 120), Image.BICUBIC).save(tmp_path / "distinct.png")
+    photo = (tmp_path / "copy0000.png").read_bytes()
+    for k in range(1, 5000):
+        (tmp_path / f"copy{k:04d}.png").write_bytes(photo)
+    for name in ("notes.png", "notes-copy.png"):
+        (tmp_path / name).write_text("not a photo")
+    hashed = []
+    real_hash = hashes.file_hash
+    monkeypatch.setattr(hashes, "file_hash", lambda path, *args: hashed.append(path.name) or real_hash(path, *args))
+    result = find_hash_duplicates(tmp_path, "phash")
+    assert sorted(hashed) == ["copy0000.png", "distinct.png", "notes-copy.png", "resized.png"]
+    assert len(result.names) == 5002 and len(result.scores) == 1  # copy0000 ~ resized, by hash
+    assert [len(group) for group in result.identical] == [5000]
+    (group,) = result.groups()
+    assert len(group) == 5001 and result.names[group[0]] == "copy0000.png"
+    assert result.duplicates()["resized.png"] == ["copy0000.png"]
+    assert sorted((s.path.name, s.reason) for s in result.unreadable)[0][0] == "notes-copy.png"
+    assert len({s.reason for s in result.unreadable}) == 1 and len(result.unreadable) == 2
+
+
 def swap_for_fifo(path: Path) -> None:
     path.unlink()
     os.mkfifo(path)  # opening it for reading, blocking, would wait for a writer forever

@@ -141,6 +141,40 @@ def test_cache_files_are_written_atomically(photos, tmp_path):
     assert len(list(cache.folder.rglob("*.npy"))) == 1
 
 
+def test_a_full_disk_leaves_no_partial_files_and_stale_ones_are_cleaned(photos, tmp_path, monkeypatch, caplog):
+    """Writes failing with ENOSPC (the file created, nothing written) leave no zero-byte
+    ``.partial`` behind and the features come from memory; ``.partial`` files left by a killed
+    writer, in the cache folder and its subfolders, are removed by the next build."""
+    import errno
+    import logging
+
+    images, _ = photos
+    cache = features.FeatureCache(tmp_path, small_trunk())
+    real_write = Path.write_bytes
+
+    def full_disk(self, data):
+        real_write(self, b"")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    with caplog.at_level(logging.WARNING, logger="samespace.features"):
+        in_memory = cache.features(images[:2])
+    assert in_memory.shape[:2] == (2, N_VARIANTS) and torch.isfinite(in_memory).all()
+    assert [r.message for r in caplog.records if r.levelno >= logging.WARNING][0].endswith("keeping features in memory")
+    assert not list(cache.folder.rglob("*.partial")) and not list(cache.folder.rglob("*.npy"))
+    monkeypatch.setattr(Path, "write_bytes", real_write)
+
+    stale = [cache.folder / "ab" / ".abc.npy.4242.partial", cache.folder / "cd" / ".cd.npy.sha256.7.partial"]
+    for path in stale:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"" if "4242" in path.name else b"half an entry")
+    (cache.folder / ".top.9.partial").write_bytes(b"")
+    cache = features.FeatureCache(tmp_path, small_trunk())
+    again = cache.features(images[:2])
+    assert cache.built == 2 and torch.equal(again, in_memory)
+    assert not list(cache.folder.rglob("*.partial")) and len(list(cache.folder.rglob("*.npy"))) == 2
+
+
 # --------------------------------------------------------------------------------------------
 # Nothing on disk is trusted
 

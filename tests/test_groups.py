@@ -14,7 +14,16 @@ from PIL import Image
 
 from conftest import checksums
 from samespace.dedup import Dedup, find_duplicates, write_outputs
-from samespace.groups import PhotoFacts, facts_of, keep_ranks, representatives, star_groups, to_remove
+from samespace.groups import (
+    PhotoFacts,
+    best_matches,
+    closest_to_threshold,
+    facts_of,
+    keep_ranks,
+    representatives,
+    star_groups,
+    to_remove,
+)
 
 
 def chain() -> Dedup:
@@ -147,3 +156,32 @@ def test_the_report_shows_resolution_size_and_date_of_grouped_photos(small_net, 
     write_outputs(result, folder, tmp_path / "out", with_scores=False)
     page = (tmp_path / "out" / "report.html").read_text()
     assert page.count("<small class='facts'>64×48 · ") == 2
+
+
+def test_best_matches_and_the_pairs_closest_to_the_threshold():
+    first, second = np.array([0, 0, 1, 2]), np.array([1, 2, 2, 3])
+    scores = np.array([0.9, 0.3, 0.55, 0.49])
+    assert best_matches(first, second, scores) == {0: (1, 0.9), 1: (0, 0.9), 2: (1, 0.55), 3: (2, 0.49)}
+    # An identical copy's best match is its copy (score 1.0), though no model scored it.
+    assert best_matches(first, second, scores, [(3, 4)])[3] == (4, 1.0)
+    assert best_matches(np.array([], int), np.array([], int), np.array([])) == {}
+    assert closest_to_threshold(first, second, scores, 0.5, 2) == [(0.49, 2, 3), (0.55, 1, 2)]
+    everything = [(0.49, 2, 3), (0.55, 1, 2), (0.3, 0, 2), (0.9, 0, 1)]
+    assert closest_to_threshold(first, second, scores, 0.5, 10) == everything
+
+
+def test_the_report_offers_the_model_pairs_closest_to_the_threshold(small_net, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(folder / f"p{i}.png")
+    (folder / "copy.png").write_bytes((folder / "p0.png").read_bytes())
+    result = find_duplicates(small_net, folder, torch.device("cpu"), threshold=0.5)
+    write_outputs(result, folder, tmp_path / "out", with_scores=False)
+    page = (tmp_path / "out" / "report.html").read_text()
+    cards = page.count("<p class='verdict'>")
+    assert cards == min(10, 12)  # the 5 distinct photos' 10 pairs; the identical copy is no decision
+    model = result.reasons == "model"
+    nearest = np.sort(np.abs(result.scores[model] - 0.5))
+    assert len(nearest) == 10 and "best match identical file: <a href='#p" in page

@@ -257,7 +257,10 @@ def test_a_run_diverging_later_names_its_last_good_checkpoint(tiny, clean_env, m
     assert all(torch.isfinite(p).all() for p in net.parameters())  # the kept checkpoint is good
 
 
-def test_ctrl_c_stops_training_with_one_line_saying_how_to_resume(tiny, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_training_with_one_line_saying_how_to_resume(tiny, tmp_path, stop):
+    """Ctrl-C, or the SIGTERM a scheduler sends: one line naming the checkpoint and the batch it
+    was saved at (where a resumed run starts), not only the batch reached."""
     env = {**os.environ, "XDG_DATA_HOME": str(tmp_path / "xdg"), "TQDM_DISABLE": "1", "PYTHONUNBUFFERED": "1"}
     env.pop(DATA_DIR_ENV, None)
     flags = ["--data-dir", str(tiny), "--epochs", "500", "--no-pretrained", "--no-download"]
@@ -276,21 +279,93 @@ def test_ctrl_c_stops_training_with_one_line_saying_how_to_resume(tiny, tmp_path
             if "checkpoint written:" in line or time.monotonic() > deadline:
                 break
         assert any("checkpoint written:" in line for line in lines), "".join(lines)[-3000:]
-        run.send_signal(signal.SIGINT)
+        time.sleep(1)  # into the next epoch's batches
+        run.send_signal(stop)
         rest, _ = run.communicate(timeout=120)
     finally:
         if run.poll() is None:
             run.kill()
     output = "".join(lines) + rest
-    assert run.returncode == 130, output[-3000:]
+    assert run.returncode == 128 + stop, output[-3000:]
     assert "Traceback" not in output and "KeyboardInterrupt" not in output
     last = output.strip().splitlines()[-1]
-    kept = [p.name for p in (tmp_path / "xdg" / "determined").iterdir() if p.name != "tensorboard"]
+    root = tmp_path / "xdg" / "determined"
+    kept = [p.name for p in root.iterdir() if p.name != "tensorboard"]
     latest = next(line for line in reversed(lines + rest.splitlines()) if "checkpoint written:" in line)
     uuid = Path(latest.split("checkpoint written: ")[1].split(" ")[0]).name
     assert uuid in kept
-    assert last.startswith("stopped: interrupted after batch ")
+    saved_at = json.loads((root / uuid / "metadata.json").read_text())["steps_completed"]
+    how = "" if stop == signal.SIGINT else " by SIGTERM"
+    assert last.startswith(f"stopped: interrupted{how} after batch ")
+    assert f"continue from checkpoint {uuid} (saved at batch {saved_at}, where training resumes) with: " in last
     assert last.endswith(f"with: python model_def.py {' '.join(flags)} --resume {uuid}")
+
+
+@pytest.mark.parametrize("failure", ["torch", "errno"])
+def test_a_checkpoint_on_a_full_disk_is_one_line_naming_the_last_complete_one(
+    tiny, clean_env, monkeypatch, capsys, failure
+):
+    """The second checkpoint's write runs out of space: as torch reports it (RuntimeError from its
+    zip writer, the disk then showing little free space), or as an OSError with ENOSPC. One
+    line names the disk and the space needed; the partial folder is gone; the first (complete)
+    checkpoint is named, with the command that resumes from it."""
+    import errno
+    import shutil
+
+    real_save, saves = torch.save, []
+
+    def save_then_fill_the_disk(obj, target, *args, **kwargs):
+        saves.append(target)
+        if len(saves) == 1:
+            return real_save(obj, target, *args, **kwargs)
+        Path(target).write_bytes(b"PK\x03\x04 half a zip")  # what a write cut short leaves
+        if failure == "errno":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4096 vs 4030")
+
+    real_usage = shutil.disk_usage
+    if failure == "torch":
+        monkeypatch.setattr(local_run.shutil, "disk_usage", lambda path: real_usage(path)._replace(free=3 << 20))
+    monkeypatch.setattr(torch, "save", save_then_fill_the_disk)
+    argv = ["--config", config_with(clean_env, compile_optimizer="false"), "--data-dir", str(tiny), "--epochs", "3"]
+    argv += ["--no-pretrained", "--no-download"]
+    assert local_run.main(model_def.SiameseTrial, argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    root = clean_env / "xdg" / "determined"
+    kept = [p.name for p in root.iterdir() if p.name != "tensorboard"]
+    assert len(kept) == 1 and len(saves) == 2  # the partial second checkpoint removed
+    partial = Path(saves[1]).parent.name
+    assert not (root / partial).exists() and partial != kept[0]
+    line = err[0]
+    assert line.startswith("stopped: cannot write the checkpoint after batch 18: the disk holding ")
+    assert f"{root} (mounted at " in line and "a checkpoint needs about " in line
+    needed = sum(p.stat().st_size for p in (root / kept[0]).rglob("*") if p.is_file())
+    assert f"needs about {needed / 2**20:,.0f} MiB" in line
+    assert f"removed the partial checkpoint {partial}; continue from checkpoint {kept[0]} (saved at batch 9, " in line
+    assert line.endswith(f"--resume {kept[0]}")
+
+
+def test_ctrl_c_during_a_checkpoint_write_removes_the_partial_folder(tiny, clean_env, monkeypatch, capsys):
+    """Ctrl-C while the second checkpoint is being written: its half-written folder is removed
+    and the hint names the first, complete one."""
+    real_save, saves = torch.save, []
+
+    def interrupted_write(obj, target, *args, **kwargs):
+        saves.append(target)
+        if len(saves) == 1:
+            return real_save(obj, target, *args, **kwargs)
+        Path(target).write_bytes(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted_write)
+    argv = ["--config", config_with(clean_env, compile_optimizer="false"), "--data-dir", str(tiny), "--epochs", "3"]
+    assert local_run.main(model_def.SiameseTrial, [*argv, "--no-pretrained", "--no-download"]) == 130
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    kept = [p.name for p in (clean_env / "xdg" / "determined").iterdir() if p.name != "tensorboard"]
+    assert len(kept) == 1 and not Path(saves[1]).parent.exists()
+    assert line.startswith("stopped: interrupted after batch 18; continue from checkpoint ")
+    assert f"{kept[0]} (saved at batch 9, where training resumes)" in line and line.endswith(f"--resume {kept[0]}")
 
 
 def test_more_processes_than_gpus_stop_with_one_line(monkeypatch):
@@ -372,17 +447,100 @@ def test_demo_photos_are_generated_once_in_the_cache_folder(tmp_path, monkeypatc
     assert {p: p.stat().st_mtime_ns for p in first.rglob("*.jpg")} == stamp
     (first / local_run.DEMO_MARKER).unlink()  # an interrupted generation: made again, not trusted
     assert local_run.demo_dataset() == first and "generated" in capsys.readouterr().out
-    assert [p.name for p in first.parent.iterdir()] == ["data"]  # no staging folder left
+    assert sorted(p.name for p in first.parent.iterdir()) == [local_run.DEMO_LOCK, "data"]  # no staging folder left
+
+
+DEMO_RACER = """
+import sys, time
+from pathlib import Path
+import local_run, synthetic
+local_run.DEMO_DATASET = dict(train_rooms=2, test_rooms=1, photos_per_room=(2, 2), size=(32, 24))
+make = synthetic.make_dataset
+def slow_make(*args, **kwargs):  # generation outlasts the others' start, as the real one does
+    time.sleep(2)
+    return make(*args, **kwargs)
+synthetic.make_dataset = slow_make
+ready = Path(sys.argv[1])
+(ready / sys.argv[2]).touch()
+while len(list(ready.iterdir())) < 3:  # all three imported: start together
+    time.sleep(0.01)
+print(local_run.demo_dataset())
+"""
+
+
+def test_demos_started_together_generate_the_photos_once(tmp_path):
+    """Three demos on a fresh cache: one generates, two wait on the lock beside the folder and
+    reuse its photos; nobody deletes another's folder, and no staging folder is left."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "PYTHONPATH": str(PROJECT_DIR)}
+    (tmp_path / "ready").mkdir()
+    (tmp_path / "racer.py").write_text(DEMO_RACER)  # a file: the demo hashes its generator's source
+    runs = [
+        subprocess.Popen(
+            [sys.executable, str(tmp_path / "racer.py"), str(tmp_path / "ready"), str(n)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for n in range(3)
+    ]
+    outputs = []
+    for run in runs:
+        try:
+            outputs.append(run.communicate(timeout=120)[0])
+        finally:
+            if run.poll() is None:
+                run.kill()
+    assert [run.returncode for run in runs] == [0, 0, 0], outputs
+    said = "".join(outputs)
+    data_dir = tmp_path / "cache" / "samespace" / "demo" / "data"
+    assert said.count("demo: generated ") == 1 and said.count("demo: reusing ") == 2, said
+    assert said.count("demo: waiting for another demo run") == 2, said
+    assert all(output.strip().endswith(str(data_dir)) for output in outputs)
+    assert (data_dir / local_run.DEMO_MARKER).is_file()
+    assert sorted(p.name for p in data_dir.parent.iterdir()) == [local_run.DEMO_LOCK, "data"]
+    photos = sorted(p.relative_to(data_dir) for p in data_dir.rglob("*.jpg"))
+    assert len(photos) == 6  # 2 train rooms and 1 test room of 2 photos: one generation's worth
 
 
 def test_epoch_progress_counts_the_trial_batches(monkeypatch):
     monkeypatch.setattr(local_run, "progress_enabled", lambda: True)
     monkeypatch.setattr(local_run, "progress", lambda **options: tqdm(**options, file=io.StringIO(), disable=False))
-    context = SimpleNamespace(distributed=SimpleNamespace(rank=0), _epoch_len=5)
+    context = SimpleNamespace(distributed=SimpleNamespace(rank=0), _epoch_len=5, get_hparams=lambda: {"epochs": 3})
     trial = SimpleNamespace(context=context, train_batch=lambda batch, epoch_idx, batch_idx: {"loss": 0.5})
     callback = local_run.EpochProgress(trial, every=2)
-    for batch_idx in range(7, 10):  # resumed in the middle of epoch 2
+    clock = iter([100.0, 101.0, 102.0])  # one second a batch
+    monkeypatch.setattr(local_run.time, "monotonic", lambda: next(clock))
+    for batch_idx in range(7, 10):  # resumed in the middle of epoch 2 (of 3: 15 batches)
         assert trial.train_batch(batch=None, epoch_idx=1, batch_idx=batch_idx) == {"loss": 0.5}
-    assert (callback.bar.n, callback.bar.total, callback.bar.desc) == (5, 5, "epoch 2")
+    assert (callback.bar.n, callback.bar.total, callback.bar.desc) == (5, 5, "epoch 2/3")
+    # Over epochs too: shown at batch 8 (every 2nd on the bar), when batches 9-14 are left, 1 s each.
+    assert callback.bar.postfix == "loss=0.5000, run ETA=00:06"
     callback.on_training_epoch_end(1)
     assert callback.bar is None
+    assert local_run.run_batches({"batches": 7}, 5) == 7 and local_run.run_batches({"epochs": 2}, None) is None
+
+
+def test_demo_with_data_dir_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert local_run.main(model_def.SiameseTrial, ["--demo", "--data-dir", str(tmp_path / "mine")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --demo trains on generated photos kept in ")
+    assert str(tmp_path / "cache" / "samespace" / "demo" / "data") in err and "leave out --data-dir" in err
+    assert "--resume" not in err and not (tmp_path / "cache").exists()  # refused before any work
+    with pytest.raises(SystemExit):
+        local_run.parse_args(["--help"])
+    demo_help = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    assert "$XDG_CACHE_HOME/samespace/demo (default ~/.cache) and reused" in demo_help
+
+
+def test_a_run_ends_with_the_next_command_to_try(capsys):
+    report = SimpleNamespace(
+        validation={"validation_loss": 0.5},
+        checkpoints=["/ck/best-uuid", "/ck/latest-uuid"],
+        losses={"/ck/best-uuid": 0.4, "/ck/latest-uuid": 0.5},
+    )
+    context = SimpleNamespace(get_data_config=lambda: {"dir": "/data dir"})
+    local_run.summarise(SimpleNamespace(report=report, context=context))
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("next: python model_inference.py evaluate best-uuid --data-dir '/data dir'  (then")

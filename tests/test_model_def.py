@@ -11,6 +11,21 @@ from torch import nn
 import model_def
 
 
+def test_a_short_validation_says_why_its_auc_is_null():
+    """``det experiment create --test`` validates one batch: 64 pairs of one room, not a split
+    with one room."""
+    reducer = model_def.PairMetrics()
+    reducer.update(torch.zeros(64), torch.ones(64))
+    reducer.expected = 1000
+    result = reducer.cross_slot_reduce([reducer.per_slot_reduce()])
+    assert result["validation_auc"] is None
+    assert result["validation_why_null"].endswith(
+        "only 64 of the 1000 validation pairs were scored (a test run validates one batch), all same-room"
+    )
+    reducer.expected = 64  # the whole set: then the split itself has one class
+    assert "two rooms" in reducer.cross_slot_reduce([reducer.per_slot_reduce()])["validation_why_null"]
+
+
 # Trainable: two towers (960*1280 + 1280 each) and the head (2560->2048->1024->512->64->1).
 def test_pair_metrics_reducer_covers_the_whole_set_across_slots():
     reducers = [model_def.PairMetrics(), model_def.PairMetrics()]

@@ -68,7 +68,7 @@ class FakeSession:
         self.experiments, self.checkpoints, self.fail = experiments or {}, checkpoints or {}, fail
         self.connected = False
 
-    def __call__(self, master=None, user=None):  # stands in for connect()
+    def __call__(self, master=None, user=None, password=None):  # stands in for connect()
         self.connected = True
         if self.fail:
             raise self.fail
@@ -171,11 +171,93 @@ def test_sigterm_during_a_download_is_one_line_and_leaves_nothing_behind(tmp_pat
 
     session = FakeSession(checkpoints={D: FakeCheckpoint(D, 4, 0.3)})
     code = model_download.main(["--checkpoint", D, "--output", str(tmp_path)], connect=session, fetch=terminated)
-    assert code == 130 and capsys.readouterr().err == (
-        "error: interrupted; the checkpoint being downloaded was not saved (those listed were)\n"
+    assert (
+        code == 130 and capsys.readouterr().err == "error: interrupted; the checkpoint being downloaded was not saved\n"
     )
     assert list(tmp_path.iterdir()) == []  # the staging folder removed
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+def test_ctrl_c_during_a_download_lists_what_was_saved_and_leaves_no_staging(search, tmp_path, capsys):
+    """Ctrl-C while the second of two checkpoints arrives: the first is listed (it is in place),
+    one error line follows, and no staging folder is left."""
+    import os
+    import signal
+
+    experiment, _ = search
+
+    def interrupted_on_the_second(checkpoint, content):
+        fake_fetch(checkpoint, content)
+        if len(list(tmp_path.iterdir())) == 2:  # the first in place, and this one's staging folder
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C
+            time.sleep(5)
+
+    session = FakeSession({7: experiment})
+    argv = ["--experiment", "7", "--top-n", "2", "--output", str(tmp_path)]
+    code = model_download.main(argv, connect=session, fetch=interrupted_on_the_second)
+    printed = capsys.readouterr()
+    assert code == 130 and printed.err == (
+        "error: interrupted; the checkpoint being downloaded was not saved (those listed were)\n"
+    )
+    assert printed.out.startswith(f"{B}  trial 2  validation_loss 0.360000") and len(printed.out.splitlines()) == 1
+    assert [p.name for p in tmp_path.iterdir()] == [B]  # C's staging folder removed
+
+
+class LoginMaster(http.server.BaseHTTPRequestHandler):
+    """Records each login and refuses it, as a master does to a wrong password."""
+
+    def do_POST(self):
+        self.server.logins.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        RejectingMaster.do_POST(self)
+
+    do_GET = do_POST
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("password", ["s3cret", None], ids=["DET_PASSWORD", "no password"])
+def test_user_flag_takes_det_password_without_prompting(tmp_path, capsys, monkeypatch, password):
+    """--user with DET_PASSWORD set logs in with it (the client alone would prompt, then fail on
+    EOFError with no terminal); without one, the prompt's EOFError is one line."""
+    import getpass
+
+    from determined.common.api import authentication
+
+    def no_terminal(prompt=""):
+        if password is not None:
+            pytest.fail("prompted for a password although DET_PASSWORD is set")
+        raise EOFError
+
+    monkeypatch.setattr(getpass, "getpass", no_terminal)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("DET_USER", raising=False)
+    monkeypatch.delenv("DET_USER_TOKEN", raising=False)
+    if password is None:
+        monkeypatch.delenv("DET_PASSWORD", raising=False)
+    else:
+        monkeypatch.setenv("DET_PASSWORD", password)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), LoginMaster)
+    server.logins = []
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        master = f"http://127.0.0.1:{server.server_address[1]}"
+        argv = ["--experiment", "1", "--master", master, "--user", "alice", "--output", str(tmp_path / "o")]
+        code = model_download.main(argv)
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    if password is None:
+        assert code == 2 and not server.logins
+        assert err == "error: no password for --user alice: set DET_PASSWORD, or run `det user login alice` once\n"
+    else:
+        assert code == 1 and err.startswith("error: the master rejected the credentials")
+        assert [(x["username"], x["password"]) for x in server.logins] == [
+            ("alice", authentication.salt_and_hash(password))
+        ]
+    assert not (tmp_path / "o").exists()
 
 
 def test_deleted_checkpoint_output_file_and_repeated_listing(search, tmp_path, capsys):

@@ -206,12 +206,41 @@ def test_output_location_is_checked_before_any_work(tmp_path, monkeypatch, capsy
     assert checksums(tmp_path) == before and not (locked / "out").exists()
 
 
+def test_dedup_into_a_folder_whose_parent_is_read_only_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """dedup builds its new set beside the output folder (reports.output_set): a parent it cannot
+    write in is one line before the checkpoint is read, the old reports untouched."""
+    photos, parent = tmp_path / "photos", tmp_path / "shared"
+    random_photos(photos, ["a.jpg"])
+    (parent / "out").mkdir(parents=True)
+    (parent / "out" / "report.html").write_text("old")
+    monkeypatch.setattr(model_inference.os, "access", lambda path, mode: Path(path) != parent)
+    argv = ["dedup", str(tmp_path / "missing"), str(photos), "--method", "phash", "--force", "--output"]
+    assert model_inference.main([*argv, str(parent / "out")]) == 2
+    assert f"no permission to write in {parent}, where the new reports are built" in one_line_error(capsys)
+    assert [p.name for p in (parent / "out").iterdir()] == ["report.html"]
+
+
 def test_evaluate_without_data_names_the_command_that_fetches_it(tmp_path, capsys):
     assert model_inference.main(["evaluate", str(tmp_path / "ck"), "--data-dir", str(tmp_path / "none")]) == 2
     message = one_line_error(capsys)
     assert f"python data.py --data-dir {tmp_path / 'none'}" in message and "--data-dir DIR" in message
     assert "data.download" not in message
     assert not (tmp_path / "samespace-outputs").exists()
+
+
+def test_evaluate_pointed_at_a_flat_folder_or_a_file_shows_the_layout(tmp_path, capsys):
+    flat = tmp_path / "my photos"
+    random_photos(flat, ["IMG_1.jpg", "IMG_2.jpg"])
+    assert model_inference.main(["evaluate", str(tmp_path / "ck"), "--data-dir", str(flat)]) == 2
+    message = one_line_error(capsys)
+    assert "holds photos directly (2 photos)" in message and "Airbnb Data/Test Data/<room-type>/" in message
+    assert f"dedup CHECKPOINT {flat}" in message and "python data.py" not in message  # no download into it
+    assert model_inference.main(["evaluate", str(tmp_path / "ck"), "--data-dir", str(flat / "IMG_1.jpg")]) == 2
+    message = one_line_error(capsys)
+    assert "is a file, not a folder" in message and "Airbnb Data/Test Data/<room-type>/" in message
+    (tmp_path / "other" / "Airbnb Data").mkdir(parents=True)  # no Test Data in it
+    assert model_inference.main(["evaluate", str(tmp_path / "ck"), "--data-dir", str(tmp_path / "other")]) == 2
+    assert "no Airbnb Data/Test Data/<room-type>/" in one_line_error(capsys)
 
 
 def test_evaluate_with_one_room_writes_null_figures_with_reasons(trained, tmp_path, capsys, caplog):
@@ -317,15 +346,17 @@ def test_dedup_by_phash_writes_the_same_outputs(tmp_path):
         model_inference, "dedup", "--method", "phash", folder, "--output", output, "--scores", cwd=tmp_path
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "5 photos, 1 duplicate group, 3 duplicate pairs within 10 bits by phash" in out.stdout
+    # The byte-identical pair is hashed once, as samespace dedup scores it once: its first file
+    # (p0-copy.png) stands for both, so p0.png is listed with its copy only.
+    assert "5 photos, 1 duplicate group, 2 duplicate pairs within 10 bits by phash" in out.stdout
     found = json.loads((output / "duplicates.json").read_text())
-    assert sorted(name for name, _ in found["p0.png"]) == ["p0-copy.png", "p0-smaller.png"]
+    assert sorted(name for name, _ in found["p0-copy.png"]) == ["p0-smaller.png", "p0.png"]
     assert found["p1.png"] == [] and found["p2.png"] == []
-    assert dict(found["p0.png"])["p0-copy.png"] == 1.0  # equal hashes (and bytes)
+    assert found["p0.png"] == [["p0-copy.png", 1.0]]  # identical bytes
     summary = strict_json(json.loads((output / "summary.json").read_text()))
     assert summary["threshold"] == round(1 - 10 / 64, 4) and summary["search"] == "phash <= 10 bits"
     assert summary["checkpoint"].startswith("phash (imagededup 0.3.3") and "engine" not in summary  # no trunk ran
-    assert (output / "pairs.csv").read_text().count("\n") == 1 + 3 and (output / "report.html").exists()
+    assert (output / "pairs.csv").read_text().count("\n") == 1 + 2 and (output / "report.html").exists()
     assert checksums(folder) == before
 
 
@@ -356,6 +387,15 @@ def test_evaluate_with_hash_baselines_scores_the_same_pairs(trained, airbnb, tmp
     assert [line.split()[0] for line in printed[start + 2 : start + 7]] == ["samespace", *chosen.split(",")]
     phash = printed[start + 4].split()
     assert phash[1:3] == [f"{report['methods']['phash']['roc_auc']:.4f}", f"{report['methods']['phash']['pr_auc']:.4f}"]
+
+
+def test_baselines_without_training_data_is_one_line(tmp_path, capsys):
+    test_split = tmp_path / "data" / "Airbnb Data" / "Test Data" / "kitchen"
+    random_photos(test_split, ["oslo_1_1.jpg", "oslo_1_2.jpg"])
+    arguments = ["evaluate", "no-such-checkpoint", "--data-dir", str(tmp_path / "data"), "--baselines", "phash"]
+    assert model_inference.main([*arguments, "--output", str(tmp_path / "out")]) == 2
+    said = one_line_error(capsys)
+    assert "Training Data" in said and "is missing" in said and "leave out --baselines" in said
 
 
 def test_baseline_names_match_the_package():

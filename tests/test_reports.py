@@ -49,6 +49,9 @@ def make_cafe(folder: Path) -> Path:
     return folder / CAFE
 
 
+VOID = ("area", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr")
+
+
 class Dom(HTMLParser):
     """Live elements of a page (script and template text is data, not elements)."""
 
@@ -58,22 +61,32 @@ class Dom(HTMLParser):
         self.texts: dict[str, list[str]] = {}
         self._open: list[str] = []
         self._template = 0
+        self._joined = False  # the next text continues the last one (only a <wbr> between them)
         self.feed(text)
 
     def handle_starttag(self, tag, attrs):
         if self._template == 0:
             self.elements.append((tag, dict(attrs)))
         self._template += tag == "template"
-        self._open.append(tag)
+        if tag not in VOID:  # no end tag follows: text after <wbr> or <br> is still its parent's
+            self._open.append(tag)
+            self._joined = False
+        self._joined = self._joined and tag == "wbr"  # "a_<wbr>b" is one text, "a<br>b" two
 
     def handle_endtag(self, tag):
         self._template -= tag == "template"
+        self._joined = False
         while self._open and self._open.pop() != tag:
             pass
 
     def handle_data(self, data):
         if self._open and self._template == 0:
-            self.texts.setdefault(self._open[-1], []).append(data)
+            texts = self.texts.setdefault(self._open[-1], [])
+            if self._joined:
+                texts[-1] += data
+            else:
+                texts.append(data)
+            self._joined = True
 
     def all(self, tag: str, **attrs: str) -> list[dict[str, str | None]]:
         return [a for t, a in self.elements if t == tag and all(a.get(k) == v for k, v in attrs.items())]
@@ -206,6 +219,79 @@ def test_dedup_outputs_are_whole_and_lossless(tmp_path):
     assert "href='../photos/caf%E9.jpg'" in page
 
 
+def two_runs(tmp_path: Path) -> tuple[Path, Dedup, Dedup]:
+    """A photo folder and two dedup results of it that differ (a pair found, then none)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        photo(folder / name)
+    found = Dedup(["a.jpg", "b.jpg"], np.array([0]), np.array([1]), np.array([0.9]), 0.5, "all", 1)
+    none = Dedup(["a.jpg", "b.jpg"], np.array([0]), np.array([1]), np.array([0.2]), 0.5, "all", 1)
+    return folder, found, none
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_dedup_outputs_are_replaced_as_a_set_or_not_at_all(tmp_path, monkeypatch):
+    """--force over an earlier run, the disk filling up at the 3rd file: the earlier set stays
+    whole (no mix of the two runs), the user's own file stays, and no temporary folder is left."""
+    import contextlib
+    import errno
+
+    folder, found, none = two_runs(tmp_path)
+    out = tmp_path / "out"
+    write_outputs(found, folder, out, with_scores=True)
+    (out / "notes.txt").write_text("mine")
+    before = tree(out)
+    real, writes = reports.atomic_write, []
+
+    @contextlib.contextmanager
+    def third_write_fills_the_disk(path, *args, **kwargs):
+        writes.append(Path(path))
+        with real(path, *args, **kwargs) as handle:
+            if len(writes) == 3:
+                handle.write("half")
+                raise OSError(errno.ENOSPC, "No space left on device")
+            yield handle
+
+    monkeypatch.setattr(reports, "atomic_write", third_write_fills_the_disk)
+    with pytest.raises(OutputError, match="No space left on device") as caught:
+        write_outputs(none, folder, out, with_scores=True)
+    assert "\n" not in str(caught.value) and len(writes) == 3
+    assert tree(out) == before  # the first two new files never reached out/
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "photos"]  # no temporary folder
+
+
+@pytest.mark.parametrize("swap", ["renameat2", "two renames"])
+def test_a_new_dedup_set_replaces_the_old_whole_and_keeps_the_users_files(tmp_path, monkeypatch, swap):
+    folder, found, none = two_runs(tmp_path)
+    out = tmp_path / "out"
+    write_outputs(none, folder, out, with_scores=True)
+    assert json.loads((out / "duplicates.json").read_text())["a.jpg"] == []
+    (out / "notes.txt").write_text("mine")
+    if swap == "two renames":  # a system without renameat2
+        monkeypatch.setattr(reports.ctypes, "CDLL", lambda *args, **kwargs: object())
+    write_outputs(found, folder, out, with_scores=True)
+    assert json.loads((out / "duplicates.json").read_text())["a.jpg"] == [["b.jpg", 0.9]]
+    assert json.loads((out / "summary.json").read_text())["groups"] == 1
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "photos"]
+    assert stat.S_IMODE(out.stat().st_mode) == reports._default_mode(0o777)  # as mkdir makes it
+    assert "href='../photos/a.jpg'" in (out / "report.html").read_text()  # links from out/, not the temporary
+
+
+def test_a_linked_output_folder_stays_a_link_and_its_folder_is_switched(tmp_path):
+    folder, found, none = two_runs(tmp_path)
+    real = tmp_path / "elsewhere" / "reports"
+    write_outputs(none, folder, real, with_scores=True)
+    (tmp_path / "out").symlink_to(real, target_is_directory=True)
+    write_outputs(found, folder, tmp_path / "out", with_scores=True)
+    assert (tmp_path / "out").is_symlink() and json.loads((real / "summary.json").read_text())["groups"] == 1
+    assert sorted(p.name for p in real.parent.iterdir()) == ["reports"]
+
+
 # --------------------------------------------------------------------------------------------
 # names in HTML
 
@@ -280,6 +366,41 @@ def test_html_shows_groups_largest_first_in_pages_each_photo_once(tmp_path, monk
     assert "scores 0.5500–0.5900" in text
 
 
+def test_captions_wrap_at_the_parts_of_names_not_mid_word():
+    assert reports.breakable("living_room-2024/IMG_01.jpg") == "living_<wbr>room-<wbr>2024/<wbr>IMG_<wbr>01.<wbr>jpg"
+    assert reports.breakable("<b>&'.jpg") == "&lt;b&gt;&amp;&#x27;.<wbr>jpg"  # escaped first; no entity has / _ - .
+    assert "break-all" not in reports.STYLE  # which breaks anywhere inside a word
+    assert "figcaption{font-size:.72em;line-height:1.25;overflow-wrap:break-word" in reports.STYLE  # fallback only
+
+
+def test_report_shows_best_matches_and_the_pairs_closest_to_the_threshold(tmp_path):
+    names = [f"room_{i}.jpg" for i in range(4)]
+    for i, name in enumerate(names):
+        photo(tmp_path / name, colour=(60 * i, 40, 40), size=(400, 300))
+    best = {0: (1, 0.8), 1: (0, 0.8), 2: (3, 0.52), 3: (2, 0.52)}
+    borderline = [(0.52, 2, 3), (0.47, 0, 2)]
+    page = reports.write_dedup_html(
+        tmp_path / "r.html", tmp_path, names, [[0, 1]], {(0, 1): 0.8}, [], {"photos": 4},
+        best_matches=best, borderline=borderline, threshold=0.5,
+    ).read_text(encoding="utf-8")  # fmt: skip
+    dom = Dom(page)
+    grouped = [c for c in dom.texts["small"] if "best match" in c]
+    assert grouped == ["best match 0.8000: ", "best match 0.8000: "]  # then a link to the partner
+    assert "best match 0.8000: <a href='#p1'>room_<wbr>1.<wbr>jpg</a>" in page
+    assert page.index("id='g1'") < page.index("id='borderline'")  # after the groups, linked from the note
+    assert "<a href='#borderline'>the pairs closest to the threshold</a>" in page
+    verdicts = dom.texts["p"][-2:]
+    assert verdicts == ["0.5200 · duplicate (≥ 0.5, +0.0200)", "0.4700 · not a duplicate (< 0.5, -0.0300)"]
+    pictures = [img["src"] for img in dom.all("img")][2:]  # after the group's two thumbnails
+    assert len(pictures) == 4  # side by side: each pair's two photos
+    for uri in pictures:
+        with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as shown:
+            assert max(shown.size) == reports.BORDERLINE_SIZE  # readable, not a 96 px thumbnail
+    assert "Worth a look: the 2 pairs closest to the threshold 0.5" in page
+    close_call = reports.borderline_html(tmp_path, tmp_path, names, [(0.500004, 0, 1)], 0.5)
+    assert "0.500004 · duplicate (≥ 0.5, +0.000004)" in close_call  # digits enough to see the gap
+
+
 def test_thumbnails_are_upright(tmp_path):
     save_exif_rotated(tmp_path / "r.jpg")  # stored 60x40, shown 40x60
     uri = reports.thumbnail_uri(tmp_path / "r.jpg", size=30)
@@ -342,6 +463,7 @@ def test_report_renders_in_chromium(tmp_path, monkeypatch):
         unreadable=[Skipped(folder / "notes.jpg", "cannot read notes.jpg: not an image in a format PIL reads")],
     )
     out = tmp_path / "out"
+    monkeypatch.setattr(reports, "BORDERLINE_PAIRS", 0)  # the groups alone (the pairs worth a look: above)
     write_outputs(result, folder, out, with_scores=False, checkpoint="3f2a9c1e")
     page = out / "report.html"
     dom = Dom(rendered_dom(page, profile=tmp_path / "profile"))
