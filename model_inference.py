@@ -38,6 +38,10 @@ EXACT_LIMIT = 50_000
 PREPROCESSING_CHOICES = ("auto", "ours", "original")  # samespace.checkpoints.PREPROCESSING_CHOICES
 HASH_METHODS = ("phash", "dhash", "whash", "ahash")  # samespace.baselines.hashes.METHODS
 HASH_DISTANCE = 10  # samespace.baselines.hashes.DEFAULT_DISTANCE: imagededup's default, in bits
+BASELINE_METHODS = (  # samespace.baselines.table.NAMES
+    "samespace", "trunk-cosine", "phash", "dhash", "whash", "ahash", "imagededup-cnn", "vgg16-vote", "vgg16-cosine",
+    "vgg16-pca-cosine", "autoencoder", "autoencoder-kmeans", "siamese-resnet",
+)  # fmt: skip
 KEEP_RULES = ("largest", "newest", "oldest", "first")  # samespace.groups.KEEP_RULES
 THRESHOLD_FROM_HELP = "the best-F1 threshold from the evaluation.json that `evaluate` wrote (instead of --threshold)"
 
@@ -110,6 +114,11 @@ def run_evaluate(args: argparse.Namespace) -> None:
     problem = test_data_problem(data_dir)
     if problem:
         raise DataError(problem)
+    if baselines and not (root / data.SPLITS["train"]).is_dir():  # before any work
+        raise DataError(
+            f"--baselines choose their thresholds on Training Data, and {printable(str(root / data.SPLITS['train']))} "
+            "is missing: use a complete copy of the dataset, or leave out --baselines"
+        )
     net, meta = open_checkpoint(args.checkpoint, device, args.preprocessing)
     warning = random_trunk_warning(meta, args.checkpoint)
     if warning:
@@ -134,8 +143,21 @@ def run_evaluate(args: argparse.Namespace) -> None:
         **outcome["report"],
         "skipped_files": [f"{s.path.name}: {s.reason}" for s in split.skipped],
     }
+    curves = {}
     if baselines:
-        report["methods"] = table.methods_block([p.path for p in split.photos], split.rooms, baselines)
+        context = table.Context(
+            train=baseline_split(data.load_split(root / data.SPLITS["train"]), "Training Data"),
+            test=baseline_split(split, "Test Data"),
+            device=device,
+            cache_root=settings.cache_root(data_dir),
+            engine_name=args.engine,
+            net=net,
+            random_trunk=warning is not None,
+            seed=settings.seed,
+        )
+        context.memo[("checkpoint", "Test Data")] = (per_variant, 0.0)  # the evaluation's own features and scores
+        context.memo[("samespace", "Test Data")] = (outcome["curves"]["all distinct pairs"][1], 0.0)
+        report["methods"], curves = table.methods_block(baselines, context)
     reports.prepare_output(output, force=True)
     reports.write_json(output / "evaluation.json", report)
     reports.write_curves_png(
@@ -163,8 +185,20 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if reasons:
         logger.warning("n/a figures are null in evaluation.json: %s", "; ".join(sorted(reasons)))
     if baselines:
-        print("\n".join(table.table_lines(natural, report["methods"])))
+        from samespace.baselines import plots
+
+        title = f"{Path(args.checkpoint).resolve().name} and other methods on every distinct Test Data pair"
+        plots.write_methods_png(output / "methods.png", curves, report["methods"], title=title)
+        print("\n".join(table.table_lines(report["methods"])))
+        print(f"methods: {output / 'methods.png'}")
     print(f"report: {output / 'evaluation.json'}  curves: {output / 'curves.png'}")
+
+
+def baseline_split(split: Any, name: str) -> Any:
+    """A data.Split as the baselines read it (files, images, rooms)."""
+    from samespace.baselines import table
+
+    return table.SplitPhotos(name, [p.path for p in split.photos], split.images, split.rooms)
 
 
 TEST_DATA_LAYOUT = "Airbnb Data/Test Data/<room-type>/<city>_<room_id>_<n>.jpg"
@@ -237,8 +271,13 @@ def run_hash_dedup(args: argparse.Namespace) -> None:
     output = output_folder(args, default, scanned=args.folder)
     bits = int(args.threshold)
     result = dedup.find_hash_duplicates(
-        args.folder, args.method, max_distance=bits, recursive=args.recursive, exclude=output,
-        keep=args.keep, include_hidden=args.include_hidden,
+        args.folder,
+        args.method,
+        max_distance=bits,
+        recursive=args.recursive,
+        exclude=output,
+        keep=args.keep,
+        include_hidden=args.include_hidden,
     )
     label = f"{args.method} (imagededup 0.3.3; score 1 - Hamming/64, duplicate at <= {bits} bits)"
     summary = dedup.write_outputs(result, args.folder, output, args.scores, checkpoint=label, keep=args.keep)
@@ -421,7 +460,8 @@ def build_parser() -> Parser:
         "--baselines",
         nargs="?",
         const="all",
-        help=f"also score these on the same pairs: all (without a value) or a comma list of {','.join(HASH_METHODS)}",
+        help="also score other methods on the same pairs, thresholds chosen on Training Data, and draw methods.png: "
+        f"all (without a value) or a comma list of {','.join(BASELINE_METHODS)}",
     )
 
     cmp = commands.add_parser(

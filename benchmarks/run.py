@@ -1,6 +1,6 @@
 """SameSpace benchmarks: each comparison measured side by side in one process, reported as ratios.
 
-    python benchmarks/run.py [--quick] [--sections sampling,training,dedup,cpu,gpu,scale]
+    python benchmarks/run.py [--quick] [--sections sampling,training,dedup,cpu,gpu,baselines,scale]
                              [--imagededup-python PATH]
 
 1. Pair set and hash-weighted sampling: the original method (an N^2-row pandas frame, an imagehash
@@ -21,9 +21,12 @@
    skipped without either.
 5. With a GPU: 2 and 3 there, the trunk alone against the cache build and dedup embedding, and
    dedup of 10,000 generated photos.
-6. ``--sections scale`` (benchmarks/scale.py): the compressed candidate index on 1,000,000
+6. Trained baselines (``--sections baselines``): the training time of ``autoencoder`` (+ its KMeans)
+   and ``siamese-resnet`` on 631 generated 256x256 photos in the Kaggle Training Data's room sizes
+   (``--quick``: one epoch each, projected to the full epochs).
+7. ``--sections scale`` (benchmarks/scale.py): the compressed candidate index on 1,000,000
    (``--quick``: 100,000) synthetic 2,560-d vectors with planted duplicates: recall against exact
-   search on a sample, bytes per photo, build and search time.
+   search on a sample, bytes per photo, build and search time; ``--against`` against dedup of the union.
 
 Speed does not depend on weight values, so the networks use random weights (no download). Machines
 are noisy: read the ratios, not the absolute times. The last lines are one per target:
@@ -792,12 +795,45 @@ def bench_gpu(quick: bool) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def smooth_photos(rooms: np.ndarray, seed: int = 0) -> torch.Tensor:
+    """One uint8 256x256 photo per entry: a room's smooth random scene, lightly varied per photo."""
+    generator = torch.Generator().manual_seed(seed)
+    scenes = torch.rand(int(rooms.max()) + 1, 3, 8, 8, generator=generator)
+    noise = torch.rand(len(rooms), 3, 8, 8, generator=generator) * 0.2
+    small = (scenes[torch.from_numpy(rooms)] + noise).clamp(0, 1)
+    return F.interpolate(small, size=(256, 256), mode="bicubic", align_corners=False).clamp(0, 1).mul(255).byte()
+
+
+def bench_baselines(quick: bool) -> dict[str, float]:
+    """Training minutes of each trained baseline on 631 photos (quick: one epoch, projected)."""
+    from samespace.baselines import trained
+
+    rooms = airbnb_like_rooms(631)
+    images = smooth_photos(rooms)
+    minutes = {}
+    for method, settings in (("autoencoder-kmeans", trained.AUTOENCODER), ("siamese-resnet", trained.SIAMESE)):
+        epochs = settings["epochs"]
+        if quick:
+            settings["epochs"] = 1
+        try:
+            _, seconds = timed(lambda: trained.fit(method, images, rooms, 0))
+        finally:
+            settings["epochs"] = epochs
+        projected = seconds * (epochs if quick else 1)
+        minutes[method] = projected / 60
+        how = f"1 epoch x {epochs}" if quick else f"{epochs} epochs"
+        row("baselines", f"{method} training, 631 photos, CPU ({how})", f"{projected / 60:.1f} min")
+    return minutes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--quick", action="store_true", help="fewer batches and projections (the short run; --sections picks parts)"
     )
-    parser.add_argument("--sections", default="sampling,training,dedup,cpu,gpu", help="comma-separated subset to run")
+    parser.add_argument(
+        "--sections", default="sampling,training,dedup,cpu,gpu,baselines", help="comma-separated subset to run"
+    )
     parser.add_argument(
         "--imagededup-python",
         metavar="PATH",
@@ -839,6 +875,9 @@ def main(argv: list[str] | None = None) -> int:
         bench_cpu(args.quick, args.imagededup_python)
     if "gpu" in sections:
         bench_gpu(args.quick)
+    if "baselines" in sections:
+        for method, minutes in bench_baselines(args.quick).items():
+            target(f"{method}_training_631_photos_cpu", f"{minutes:.1f} min", "< 30 min", minutes < 30)
     if "scale" in sections:  # not in the default list: 20 minutes with --quick on 2 loaded cores
         from benchmarks.scale import bench_against, bench_scale
 

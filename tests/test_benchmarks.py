@@ -105,3 +105,12 @@ def test_gpu_section_lists_its_targets_as_not_measured_without_a_gpu(monkeypatch
     monkeypatch.setattr(bench, "TARGETS", [])
     bench.bench_gpu(quick=True)
     assert {name for name, _, _, met in bench.TARGETS if met is None} == set(bench.GPU_GOALS)
+
+
+def test_baseline_photos_are_rooms_of_alike_scenes():
+    rooms = np.array([0, 0, 1, 2, 2])
+    images = bench.smooth_photos(rooms)
+    assert images.shape == (5, 3, 256, 256) and images.dtype == torch.uint8
+    same = (images[0].float() - images[1].float()).abs().mean()
+    other = (images[0].float() - images[2].float()).abs().mean()
+    assert same < other  # a room's photos vary less than two rooms do

@@ -365,20 +365,43 @@ def test_evaluate_with_hash_baselines_scores_the_same_pairs(trained, airbnb, tmp
     as SameSpace's all_distinct_pairs, and the printed table lists SameSpace first."""
     arguments = ["evaluate", str(trained["checkpoint"]), "--data-dir", str(airbnb["dir"]), "--output"]
     assert model_inference.main([*arguments, str(tmp_path / "bad"), "--baselines", "phash,vgg99"]) == 2
-    assert one_line_error(capsys) == "error: unknown baseline vgg99: choose from phash, dhash, whash, ahash or all"
+    names = ", ".join(model_inference.BASELINE_METHODS)
+    assert one_line_error(capsys) == f"error: unknown method vgg99: choose from {names} or all"
     assert not (tmp_path / "bad").exists()
-    assert model_inference.main([*arguments, str(tmp_path / "out"), "--baselines", "phash,ahash"]) == 0
+    chosen = "trunk-cosine,phash,ahash,autoencoder"
+    assert model_inference.main([*arguments, str(tmp_path / "out"), "--baselines", chosen]) == 0
     report = strict_json((tmp_path / "out" / "evaluation.json").read_text())
-    assert list(report["methods"]) == ["phash", "ahash"]
+    assert list(report["methods"]) == ["samespace", *chosen.split(",")]  # samespace first, the reference
+    natural = report["all_distinct_pairs"]
+    assert report["methods"]["samespace"]["roc_auc"] == natural["roc_auc"]  # the same scores of the same pairs
+    assert report["methods"]["samespace"]["pr_auc"] == natural["pr_auc"]
     for row in report["methods"].values():
-        assert row["pairs"] == report["all_distinct_pairs"]["pairs"]
-        assert row["positives"] == report["all_distinct_pairs"]["positives"]
-        assert 0.0 <= row["roc_auc"] <= 1.0 and 0.0 <= row["pr_auc"] <= 1.0
+        assert row["pairs"] == natural["pairs"] and row["positives"] == natural["positives"]
+        assert 0.0 <= row["roc_auc"] <= 1.0 and 0.0 <= row["pr_auc"] <= 1.0, row
+        assert row["threshold_chosen_on"].startswith("best-F1 threshold chosen on every distinct Training Data pair")
+    assert report["methods"]["samespace"]["weights"] == "random weights"  # the test checkpoint's trunk
+    with Image.open(tmp_path / "out" / "methods.png") as picture:
+        assert picture.format == "PNG"
     printed = capsys.readouterr().out.splitlines()
     start = next(i for i, line in enumerate(printed) if line.startswith("method"))
-    assert [line.split()[0] for line in printed[start + 1 : start + 4]] == ["samespace", "phash", "ahash"]
-    phash = printed[start + 2].split()
+    assert [line.split()[0] for line in printed[start + 2 : start + 7]] == ["samespace", *chosen.split(",")]
+    phash = printed[start + 4].split()
     assert phash[1:3] == [f"{report['methods']['phash']['roc_auc']:.4f}", f"{report['methods']['phash']['pr_auc']:.4f}"]
+
+
+def test_baselines_without_training_data_is_one_line(tmp_path, capsys):
+    test_split = tmp_path / "data" / "Airbnb Data" / "Test Data" / "kitchen"
+    random_photos(test_split, ["oslo_1_1.jpg", "oslo_1_2.jpg"])
+    arguments = ["evaluate", "no-such-checkpoint", "--data-dir", str(tmp_path / "data"), "--baselines", "phash"]
+    assert model_inference.main([*arguments, "--output", str(tmp_path / "out")]) == 2
+    said = one_line_error(capsys)
+    assert "Training Data" in said and "is missing" in said and "leave out --baselines" in said
+
+
+def test_baseline_names_match_the_package():
+    from samespace.baselines import table
+
+    assert model_inference.BASELINE_METHODS == table.NAMES
 
 
 def test_compare_verdict_follows_the_dedup_rule():
