@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from samespace.errors import SameSpaceError, first_line, printable
+from samespace.errors import exit_code
 
 
 def main() -> int:
@@ -25,12 +25,7 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    try:
-        batch.run(batch.JobSettings.from_hparams(info.trial.hparams))
-        return 0
-    except SameSpaceError as exc:
-        print(f"error: {printable(first_line(exc, limit=1000))}", file=sys.stderr)
-        return 2
+    return exit_code(lambda: batch.run(batch.JobSettings.from_hparams(info.trial.hparams)))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 # Only light imports up here: torch and the pipeline load inside the subcommands, so that
 # ``--help`` and argument errors answer at once.
-from samespace.errors import DataError, OutputError, SameSpaceError, first_line, plural, printable
+from samespace.errors import DataError, OutputError, exit_code, plural, printable
 from samespace.settings import DATA_DIR_ENV, ENGINES, Hyperparameters, count, resolve_data_dir
 
 logger = logging.getLogger("samespace.inference")
@@ -550,12 +550,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    try:
-        args.func(args)
-        return 0
-    except SameSpaceError as exc:
-        print(f"error: {printable(first_line(exc, limit=1000))}", file=sys.stderr)
-        return 2
+    return exit_code(lambda: args.func(args))
 
 
 if __name__ == "__main__":

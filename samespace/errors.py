@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 
 class SameSpaceError(Exception):
     """A failure the user can act on; the command lines print its message as one line."""
@@ -56,6 +59,16 @@ def printable(text: str) -> str:
         else:
             shown.append(char.encode("unicode_escape", "backslashreplace").decode("ascii"))
     return "".join(shown)
+
+
+def exit_code(command: Callable[[], object]) -> int:
+    """Run a command line's work: 0, or its ``SameSpaceError`` printed as one ``error:`` line and 2."""
+    try:
+        command()
+        return 0
+    except SameSpaceError as exc:
+        print(f"error: {printable(first_line(exc, limit=1000))}", file=sys.stderr)
+        return 2
 
 
 def plural(count: int, noun: str, nouns: str | None = None) -> str:

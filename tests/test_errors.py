@@ -31,3 +31,17 @@ def test_long_messages_are_cut_between_words():
 
 def test_every_expected_failure_is_a_samespace_error():
     assert all(issubclass(kind, SameSpaceError) for kind in (CheckpointError, ConfigError, DataError, OutputError))
+
+
+def test_exit_code_prints_one_error_line_for_expected_failures_only(capsys):
+    from samespace.errors import DataError, exit_code
+
+    assert exit_code(lambda: None) == 0
+
+    def fails():
+        raise DataError("no photos in /x\n(second line never shown)")
+
+    assert exit_code(fails) == 2
+    assert capsys.readouterr().err == "error: no photos in /x\n"
+    with pytest.raises(ZeroDivisionError):  # a bug is not an expected failure: it stays a traceback
+        exit_code(lambda: 1 / 0)
