@@ -154,9 +154,11 @@ def run_evaluate(args: argparse.Namespace) -> None:
             net=net,
             random_trunk=warning is not None,
             seed=settings.seed,
+            balanced=table.Balanced.of(pairs),
         )
         context.memo[("checkpoint", "Test Data")] = (per_variant, 0.0)  # the evaluation's own features and scores
         context.memo[("samespace", "Test Data")] = (outcome["curves"]["all distinct pairs"][1], 0.0)
+        context.memo[("samespace", "balanced")] = (outcome["curves"]["balanced"][1], 0.0)
         report["methods"], curves = table.methods_block(baselines, context)
     reports.prepare_output(output, force=True)
     reports.write_json(output / "evaluation.json", report)

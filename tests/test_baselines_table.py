@@ -135,11 +135,14 @@ def test_names_and_unknown_names():
 def test_table_lines_follow_the_block_and_say_where_thresholds_come_from():
     block = {
         "samespace": {"roc_auc": 0.9, "pr_auc": None, "at_training_best_f1": {"f1": 0.5, "threshold": 0.7},
-                      "photos_per_s": 12.0, "trained_on": "Training Data pairs", "weights": "random weights"},
+                      "photos_per_s": 12.0, "trained_on": "Training Data pairs", "weights": "random weights",
+                      "balanced": {"roc_auc": 0.8, "pr_auc": 0.7}},
         "phash": {"roc_auc": 0.75, "pr_auc": 0.5, "photos_per_s": 120.0, "trained_on": "nothing"},
-        "ahash": {"roc_auc": None, "why_null": "could not run: x.jpg: gone"},
+        "ahash": {"roc_auc": None, "balanced": None, "why_null": "could not run: x.jpg: gone"},
     }  # fmt: skip
     lines = table.table_lines(block)
+    assert "balanced ROC-AUC" in lines[0] and "balanced" in lines[1]
+    assert [line.split()[6] for line in lines[2:]] == ["0.8000", "n/a", "n/a"]
     assert "chosen on every distinct Training Data pair, then applied to Test Data" in lines[1]
     assert [line.split()[0] for line in lines[2:]] == ["samespace", "phash", "ahash"]
     assert lines[2].split()[1:6] == ["0.9000", "n/a", "0.5000", "0.7000", "12"] and "random weights" in lines[2]
@@ -172,3 +175,91 @@ def test_samespace_and_trunk_cosine_rows_score_as_the_evaluation_does(trunk_per_
     cosine = table.score_checkpoint(context, "trunk-cosine")
     np.testing.assert_allclose(cosine.test, np.sum(unit[a] * unit[b], axis=1), rtol=0, atol=1e-12)
     assert cosine.trained_on == "nothing (ImageNet trunk)" and scored.seconds > 0
+
+
+def with_balanced_pairs(context: table.Context):
+    """The Test Data's balanced pairs as the evaluation builds them (data.load_pairs' build_pairs)."""
+    from samespace import pairs
+
+    split = context.test
+    balanced = pairs.build_pairs(split.rooms, pairs.wavelet_hashes(split.images))
+    context.balanced = table.Balanced.of(balanced)
+    return balanced
+
+
+@pytest.mark.parametrize("trunk_per_side", [False, True])
+def test_samespace_balanced_figures_are_the_evaluations_balanced_block(trunk_per_side, small_net, tmp_path):
+    """On the evaluation's own features, samespace's balanced sub-block is its balanced block (the
+    same layers on the same inputs: equal); trunk-cosine's is the cosine of each side's
+    (photo, variant) trunk features, computed here pair by pair."""
+    from conftest import small_trunk
+    from samespace import evaluation, features, transforms
+
+    if trunk_per_side:
+        small_net.second_trunk = small_trunk(seed=1)
+    context = context_of(tmp_path)
+    context.net = small_net
+    balanced = with_balanced_pairs(context)
+    per_variant, _ = features.network_features(tmp_path / "fc", small_net, context.test.images)
+    context.memo[("checkpoint", "Test Data")] = (per_variant, 0.0)  # as run_evaluate hands them over
+    expected = evaluation.evaluate(small_net, per_variant, balanced, context.test.rooms, torch.device("cpu"))
+    block, _ = table.methods_block(["samespace", "trunk-cosine"], context)
+    figures = block["samespace"]["balanced"]
+    for key in ("pairs", "positives", "roc_auc", "pr_auc"):
+        assert figures[key] == expected["report"]["balanced"][key], key
+    assert figures["pairs"] == len(balanced) > 0 and 0 < figures["positives"] < figures["pairs"]
+    trunk = per_variant[:, :, 0] if trunk_per_side else per_variant
+    side = [torch.as_tensor(np.asarray(v, np.int64)) for v in (balanced.first_variant, balanced.second_variant)]
+    first = trunk[torch.as_tensor(balanced.first), side[0]].double()
+    second = trunk[torch.as_tensor(balanced.second), side[1]].double()
+    cosine = torch.nn.functional.cosine_similarity(first, second, dim=1).clamp(-1, 1).numpy()
+    cosine_row = block["trunk-cosine"]["balanced"]
+    assert cosine_row["roc_auc"] == pytest.approx(skm.roc_auc_score(balanced.label, cosine), abs=1e-9)
+    assert cosine_row["pr_auc"] == pytest.approx(skm.average_precision_score(balanced.label, cosine), abs=1e-9)
+    assert transforms.N_VARIANTS == 8
+    json.dumps(block, allow_nan=False)
+
+
+def test_a_hash_and_a_feature_method_on_the_balanced_pairs_as_computed_by_hand(tmp_path, monkeypatch):
+    """phash of each side's decoded 256x256 pixels in its variant (apply_variant, then PIL), and
+    vgg16-cosine of the small input-dependent network's features (see test_baselines_features) of
+    each side in its variant, all variants in one batch here: float32 batch effects, so 1e-6."""
+    from samespace import transforms
+    from samespace.baselines import features
+    from tests.test_baselines_features import small_network
+
+    monkeypatch.setitem(features.BUILDERS, "vgg16", small_network)
+    context = context_of(tmp_path)
+    balanced = with_balanced_pairs(context)
+    block, _ = table.methods_block(["phash", "vgg16-cosine"], context)
+    images = context.test.images
+
+    def variant_pixels(photo: int, variant: int) -> Image.Image:
+        return Image.fromarray(transforms.apply_variant(images[photo], variant).permute(1, 2, 0).numpy())
+
+    sides = [
+        [(int(p), int(v)) for p, v in zip(photo, variant)]
+        for photo, variant in ((balanced.first, balanced.first_variant), (balanced.second, balanced.second_variant))
+    ]
+    bits = {key: int(hashes.image_hash(variant_pixels(*key), "phash"), 16) for key in {*sides[0], *sides[1]}}
+    phash = np.array([1 - bin(bits[x] ^ bits[y]).count("1") / 64 for x, y in zip(*sides)])
+    row = block["phash"]["balanced"]
+    assert row["roc_auc"] == skm.roc_auc_score(balanced.label, phash)
+    assert row["pr_auc"] == skm.average_precision_score(balanced.label, phash)
+    assert table.BALANCED_HASH_NOTE in block["phash"]["notes"]
+
+    network = features.Network("vgg16", torch.device("cpu"))
+    every = torch.cat([transforms.apply_variant(images, v) for v in range(transforms.N_VARIANTS)])
+    x = network.features(every).double().reshape(transforms.N_VARIANTS, len(images), -1)
+    side = [torch.as_tensor(np.asarray(v, np.int64)) for v in (balanced.first_variant, balanced.second_variant)]
+    first, second = x[side[0], torch.as_tensor(balanced.first)], x[side[1], torch.as_tensor(balanced.second)]
+    cosine = torch.nn.functional.cosine_similarity(first, second, dim=1).clamp(-1, 1).numpy()
+    scored = table.score_features(context, "vgg16-cosine")
+    np.testing.assert_allclose(scored.balanced, cosine, rtol=0, atol=1e-6)
+    row = block["vgg16-cosine"]["balanced"]
+    assert row["roc_auc"] == skm.roc_auc_score(balanced.label, scored.balanced)
+    assert row["pr_auc"] == skm.average_precision_score(balanced.label, scored.balanced)
+    # scores 1e-6 apart can swap near-tied positives' order, moving PR-AUC by ~1e-6 (seen 5e-7)
+    assert row["roc_auc"] == pytest.approx(skm.roc_auc_score(balanced.label, cosine), abs=1e-4)
+    assert row["pr_auc"] == pytest.approx(skm.average_precision_score(balanced.label, cosine), abs=1e-4)
+    json.dumps(block, allow_nan=False)

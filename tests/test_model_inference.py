@@ -375,8 +375,14 @@ def test_evaluate_with_hash_baselines_scores_the_same_pairs(trained, airbnb, tmp
     natural = report["all_distinct_pairs"]
     assert report["methods"]["samespace"]["roc_auc"] == natural["roc_auc"]  # the same scores of the same pairs
     assert report["methods"]["samespace"]["pr_auc"] == natural["pr_auc"]
+    balanced = report["balanced"]  # and on the evaluation's balanced pairs, each side in its variant
+    assert report["methods"]["samespace"]["balanced"]["roc_auc"] == balanced["roc_auc"]
+    assert report["methods"]["samespace"]["balanced"]["pr_auc"] == balanced["pr_auc"]
+    assert any("256x256 variant pixels" in note for note in report["methods"]["phash"]["notes"])
     for row in report["methods"].values():
         assert row["pairs"] == natural["pairs"] and row["positives"] == natural["positives"]
+        assert row["balanced"]["pairs"] == balanced["pairs"] and row["balanced"]["positives"] == balanced["positives"]
+        assert 0.0 <= row["balanced"]["roc_auc"] <= 1.0 and 0.0 <= row["balanced"]["pr_auc"] <= 1.0, row
         assert 0.0 <= row["roc_auc"] <= 1.0 and 0.0 <= row["pr_auc"] <= 1.0, row
         assert row["threshold_chosen_on"].startswith("best-F1 threshold chosen on every distinct Training Data pair")
     assert report["methods"]["samespace"]["weights"] == "random weights"  # the test checkpoint's trunk

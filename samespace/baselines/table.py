@@ -1,7 +1,9 @@
 """Every method's row beside SameSpace's on the same Test Data pairs (every distinct pair, natural
 prevalence): ROC-AUC and PR-AUC, and P/R/F1 at the best-F1 threshold *chosen on every distinct
 Training Data pair* and then applied to Test Data (never chosen on Test Data), photos/s, and what
-the method was trained on. A figure the pairs cannot define, or a method that cannot run, is
+the method was trained on; and ROC-AUC and PR-AUC on the balanced Test Data pairs SameSpace's
+evaluation scores (each side a photo in one variant), from each method's representation of each
+(photo, variant). A figure the pairs cannot define, or a method that cannot run, is
 ``null`` with ``why_null``; the other methods still run."""
 
 from __future__ import annotations
@@ -14,17 +16,20 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from PIL import Image
 
+from samespace import evaluation, metrics, scoring, transforms
 from samespace import features as trunk_cache
-from samespace import metrics, scoring
 from samespace.baselines import features, hashes, trained
 from samespace.errors import DataError, SameSpaceError, first_line
+from samespace.pairs import PairSet
 
 logger = logging.getLogger("samespace.baselines")
 
 CHECKPOINT_METHODS = ("samespace", "trunk-cosine")
 NAMES = (*CHECKPOINT_METHODS, *hashes.METHODS, *features.METHODS, *trained.METHODS)
 THRESHOLD_NOTE = "best-F1 threshold chosen on every distinct Training Data pair, then applied to Test Data"
+BALANCED_HASH_NOTE = "balanced-set hashes are of the decoded 256x256 variant pixels, not the files"
 TIMING_SAMPLE = 64  # Test Data photos SameSpace's photos/s is timed on (its figures use the feature cache)
 
 
@@ -44,6 +49,44 @@ class SplitPhotos:
 
 
 @dataclasses.dataclass
+class Balanced:
+    """The balanced Test Data pairs as the methods read them: the distinct (photo, variant) items
+    the pairs use, and each pair's two items (indices into them) and label."""
+
+    photo: np.ndarray
+    variant: np.ndarray
+    first: np.ndarray
+    second: np.ndarray
+    label: np.ndarray
+
+    @staticmethod
+    def of(pairs: PairSet) -> "Balanced":
+        keys = np.concatenate(
+            [
+                evaluation.variant_item(pairs.first, pairs.first_variant),
+                evaluation.variant_item(pairs.second, pairs.second_variant),
+            ]
+        )
+        items, inverse = np.unique(keys, return_inverse=True)
+        n = len(pairs)
+        return Balanced(
+            items // transforms.N_VARIANTS, items % transforms.N_VARIANTS, inverse[:n], inverse[n:], pairs.label
+        )
+
+    def represent(self, images: torch.Tensor, represent: Callable[[torch.Tensor], Any]) -> np.ndarray:
+        """``represent`` (uint8 images -> one row each) of every item: its photo in its variant,
+        one variant at a time (only the variants the pairs use, never all eight in memory)."""
+        rows_of: np.ndarray | None = None
+        for variant in np.unique(self.variant):
+            rows = np.flatnonzero(self.variant == variant)
+            values = np.asarray(represent(transforms.apply_variant(images[self.photo[rows]], int(variant))))
+            if rows_of is None:
+                rows_of = np.empty((len(self.photo), *values.shape[1:]), values.dtype)
+            rows_of[rows] = values
+        return rows_of if rows_of is not None else np.zeros((0,))
+
+
+@dataclasses.dataclass
 class Context:
     """What the methods share: both splits, the checkpoint (for samespace and trunk-cosine), the
     device and engine, the feature-cache folder (trained baselines are kept there), and a memo so
@@ -57,6 +100,7 @@ class Context:
     net: Any = None
     random_trunk: bool = False  # the checkpoint's trunk had random weights
     seed: int = 0
+    balanced: Balanced | None = None  # the Test Data's balanced pairs, scored where given
     memo: dict = dataclasses.field(default_factory=dict)
 
     def remember(self, key: Any, compute: Callable[[], Any]) -> tuple[Any, float]:
@@ -80,6 +124,7 @@ class Scored:
     notes: list[str] = dataclasses.field(default_factory=list)
     training_s: float | None = None
     default_threshold: float | None = None  # the method's own published threshold, where it has one
+    balanced: np.ndarray | None = None  # scores of context.balanced's pairs, where it has them
 
 
 def parse_names(text: str) -> list[str]:
@@ -96,16 +141,38 @@ def parse_names(text: str) -> list[str]:
 # The methods
 
 
-def checkpoint_trunk(context: Context, split: SplitPhotos) -> torch.Tensor:
-    """The checkpoint's cached trunk features of a split's photos, unaltered variant: (N, D), or
-    (N, 2, D) for a checkpoint with a trunk per side (the original's)."""
+def checkpoint_variants(context: Context, split: SplitPhotos) -> torch.Tensor:
+    """The checkpoint's cached trunk features of a split's photos in all 8 variants: (N, 8, D),
+    or (N, 8, 2, D) for a checkpoint with a trunk per side (the original's)."""
     per_variant, _ = context.remember(
         ("checkpoint", split.name),
         lambda: trunk_cache.network_features(
             context.cache_root, context.net, split.images, context.device, engine_name=context.engine_name
         )[0],
     )
-    return per_variant[:, 0]
+    return per_variant
+
+
+def checkpoint_trunk(context: Context, split: SplitPhotos) -> torch.Tensor:
+    """The checkpoint's trunk features of a split's photos, unaltered variant: (N, D) or (N, 2, D)."""
+    return checkpoint_variants(context, split)[:, 0]
+
+
+def checkpoint_balanced(context: Context, name: str) -> np.ndarray:
+    """The balanced pairs' scores: samespace's P(same space) of each ordered pair (first side
+    first), as evaluation.evaluate scores them; trunk-cosine's cosine of the (first) trunk's
+    features of the two (photo, variant)s."""
+    pairs = context.balanced
+    if name == "samespace" and ("samespace", "balanced") in context.memo:  # the evaluation's own scores
+        return context.memo["samespace", "balanced"][0]
+    per_variant = checkpoint_variants(context, context.test)
+    if name == "trunk-cosine":
+        x = per_variant[torch.as_tensor(pairs.photo), torch.as_tensor(pairs.variant)]
+        return features.cosine_matrix((x[:, 0] if x.dim() == 3 else x).numpy())[pairs.first, pairs.second]
+    embedder = scoring.Embedder(context.net, context.device)
+    scorer = scoring.PairScorer(context.net.head, *embedder.embed(per_variant.flatten(0, 1)))
+    items = evaluation.variant_item(pairs.photo, pairs.variant)
+    return metrics.sigmoid(scorer.logits(items[pairs.first], items[pairs.second]).numpy())
 
 
 def samespace_photo_seconds(context: Context) -> tuple[float, float]:
@@ -139,7 +206,15 @@ def score_checkpoint(context: Context, name: str) -> Scored:
             scores.append(scoring.PairScorer(context.net.head, *embedder.embed(x)).probabilities(a, b))
     seconds = len(context.test.rooms) * (trunk_s if name == "trunk-cosine" else net_s)
     trained_on = "nothing (ImageNet trunk)" if name == "trunk-cosine" else "Training Data pairs (the checkpoint)"
-    return Scored(*scores, seconds=seconds, trained_on=trained_on, random_weights=context.random_trunk)
+    balanced = None if context.balanced is None else checkpoint_balanced(context, name)
+    return Scored(
+        *scores, seconds=seconds, trained_on=trained_on, random_weights=context.random_trunk, balanced=balanced
+    )
+
+
+def pixel_hashes(images: torch.Tensor, name: str) -> np.ndarray:
+    """The hash of each decoded uint8 image (N, 3, H, W) as uint64 values."""
+    return hashes.as_integers([hashes.image_hash(Image.fromarray(x.permute(1, 2, 0).numpy()), name) for x in images])
 
 
 def score_hash(context: Context, name: str) -> Scored:
@@ -154,7 +229,13 @@ def score_hash(context: Context, name: str) -> Scored:
         a, b, _ = split.pairs()
         scores.append(hashes.similarity(hashes.hamming(hashes.as_integers(found), a, b)))
     default = float(hashes.similarity(hashes.DEFAULT_DISTANCE))  # imagededup's <= 10 bits
-    return Scored(*scores, seconds=seconds, trained_on="nothing (fixed hash)", default_threshold=default)
+    scored = Scored(*scores, seconds=seconds, trained_on="nothing (fixed hash)", default_threshold=default)
+    if context.balanced is not None:  # a variant has no file: its hash is of the transformed pixels
+        pairs = context.balanced
+        values = pairs.represent(context.test.images, lambda images: pixel_hashes(images, name))
+        scored.balanced = hashes.similarity(hashes.hamming(values, pairs.first, pairs.second))
+        scored.notes.append(BALANCED_HASH_NOTE)
+    return scored
 
 
 def score_features(context: Context, name: str) -> Scored:
@@ -181,7 +262,22 @@ def score_features(context: Context, name: str) -> Scored:
         for values, split in ((train, context.train), (test, context.test))
     ]
     seconds = per_split[context.test.name][1]
-    return Scored(*scores, seconds=seconds, trained_on=trained_on, random_weights=not network.pretrained, notes=notes)
+    balanced = None
+    if context.balanced is not None:
+        pairs = context.balanced
+        values, _ = context.remember(
+            (network_name, "balanced"),
+            lambda: pairs.represent(context.test.images, lambda images: network.features(images).numpy()),
+        )
+        balanced = features.pair_scores(name, values, pairs.first, pairs.second, projection)
+    return Scored(
+        *scores,
+        seconds=seconds,
+        trained_on=trained_on,
+        random_weights=not network.pretrained,
+        notes=notes,
+        balanced=balanced,
+    )
 
 
 def score_trained(context: Context, name: str) -> Scored:
@@ -195,8 +291,18 @@ def score_trained(context: Context, name: str) -> Scored:
         codes = trained.encode(model, split.images)
         seconds = time.perf_counter() - start
         scores.append(trained.pair_scores(name, model, codes, *split.pairs()[:2]))
+    balanced = None
+    if context.balanced is not None:
+        pairs = context.balanced
+        codes = pairs.represent(context.test.images, lambda images: trained.encode(model, images).numpy())
+        balanced = trained.pair_scores(name, model, torch.from_numpy(codes), pairs.first, pairs.second)
     return Scored(
-        *scores, seconds=seconds, trained_on=trained.TRAINED_ON[name], notes=list(model.notes), training_s=training_s
+        *scores,
+        seconds=seconds,
+        trained_on=trained.TRAINED_ON[name],
+        notes=list(model.notes),
+        training_s=training_s,
+        balanced=balanced,
     )
 
 
@@ -243,6 +349,8 @@ def row_of(scored: Scored, context: Context) -> dict:
         "weights": "random weights" if scored.random_weights else "as published",
         "training_s": None if scored.training_s is None else round(scored.training_s, 1),
     }
+    if context.balanced is not None:
+        row["balanced"] = balanced_figures(context.balanced.label, finite(scored.balanced, "balanced Test Data"))
     if scored.notes:
         row["notes"] = scored.notes
     if reasons:
@@ -250,8 +358,16 @@ def row_of(scored: Scored, context: Context) -> dict:
     return row
 
 
+def balanced_figures(labels: np.ndarray, scores: np.ndarray) -> dict:
+    """ROC-AUC and PR-AUC on the balanced pairs (null with why_null where they are undefined)."""
+    report = metrics.score_report(labels, scores)
+    keys = ("pairs", "positives", "roc_auc", "pr_auc", "why_null")
+    figures = {k: report[k] for k in keys if k in report}
+    return {"note": "the balanced Test Data pairs of SameSpace's evaluation", **figures}
+
+
 def failed_row(reason: str) -> dict:
-    undefined = ("pairs", "positives", "roc_auc", "pr_auc", "at_training_best_f1", "photos_per_s")
+    undefined = ("pairs", "positives", "roc_auc", "pr_auc", "at_training_best_f1", "photos_per_s", "balanced")
     return {**dict.fromkeys(undefined), "why_null": f"could not run: {reason}"}
 
 
@@ -284,12 +400,14 @@ def table_lines(block: dict) -> list[str]:
         return "n/a" if value is None else f"{value:.{digits}f}"
 
     lines = [
-        f"{'method':<18} {'ROC-AUC':>7} {'PR-AUC':>7} {'F1':>7} {'thresh.':>8} {'photos/s':>9}  trained on",
-        f"  (AUCs and F1 on every distinct Test Data pair; {THRESHOLD_NOTE})",
+        f"{'method':<18} {'ROC-AUC':>7} {'PR-AUC':>7} {'F1':>7} {'thresh.':>8} {'photos/s':>9} "
+        f"{'balanced ROC-AUC':>16}  trained on",
+        f"  (AUCs and F1 on every distinct Test Data pair; {THRESHOLD_NOTE}; balanced: SameSpace's balanced pairs)",
     ]
     for name, row in block.items():
         at = row.get("at_training_best_f1") or {}
         rate = row.get("photos_per_s")
+        balanced = row.get("balanced") or {}
         note = row.get("trained_on") or ""
         if row.get("weights") == "random weights":
             note += ", random weights"
@@ -297,6 +415,7 @@ def table_lines(block: dict) -> list[str]:
             note += f"  ({row['why_null']})"
         lines.append(
             f"{name:<18} {cell(row.get('roc_auc')):>7} {cell(row.get('pr_auc')):>7} {cell(at.get('f1')):>7} "
-            f"{cell(at.get('threshold')):>8} {'n/a' if rate is None else f'{rate:g}':>9}  {note}"
+            f"{cell(at.get('threshold')):>8} {'n/a' if rate is None else f'{rate:g}':>9} "
+            f"{cell(balanced.get('roc_auc')):>16}  {note}"
         )
     return lines
