@@ -5,4 +5,4 @@
 set -e
 python3 -m pip install --quiet --upgrade-strategy only-if-needed \
     "imagehash>=4.3" "kaggle>=1.6" "filelock>=3.12" "appdirs>=1.4" "PyYAML>=6" "tqdm>=4.66" \
-    "scikit-learn>=1.2" "matplotlib>=3.7" "faiss-cpu>=1.7"
+    "scikit-learn>=1.2" "matplotlib>=3.7" "faiss-cpu>=1.7" "onnxruntime>=1.17" "onnx>=1.15"
