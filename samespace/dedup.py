@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -260,6 +261,35 @@ class Copies:
         return [[index_of[r]] + [index_of[c] for c in self.copies_of[r]] for r in kept_reps if r in self.copies_of]
 
 
+@dataclasses.dataclass
+class Kept:
+    """A listing read one photo per set of byte-identical copies: what the reader gave for the
+    representatives that read, and the photos kept (those representatives and their copies)."""
+
+    read: Any  # the reader's result for ``reps``, in their order (trunk features, hashes)
+    copies: Copies
+    reps: list[int]  # listing positions of the representatives that read
+    paths: list[Path]  # every photo kept, listing order
+    index_of: dict[int, int]  # listing position -> position among ``paths``
+    skipped: list[Skipped]  # the listing's skipped entries and the unreadable files, sorted
+
+
+def read_representatives(
+    folder: Path, listing: Listing, read: Callable[[list[Path]], tuple[Any, list[int], list[Skipped]]]
+) -> Kept:
+    """Collapse the listing's byte-identical copies, ``read`` one file of each set (returning its
+    result, the positions that read, the unreadable), and keep the rest's copies; skipped files are
+    logged, and a folder with no photo read is one clear error."""
+    copies = Copies.of(listing.files)
+    result, decoded, unreadable = read([listing.files[i] for i in copies.scored])
+    reps, kept, unreadable = copies.expand(listing.files, decoded, unreadable)
+    skipped = sorted(listing.skipped + unreadable, key=lambda s: s.path)
+    log_skipped(skipped, folder)
+    require_photos_here(reps, listing, folder, skipped)
+    index_of = {position: k for k, position in enumerate(kept)}
+    return Kept(result, copies, reps, [listing.files[i] for i in kept], index_of, skipped)
+
+
 def log_skipped(skipped: list[Skipped], folder: Path, shown: int = 10) -> None:
     """One line per skipped entry (the first ``shown``), names printable on any console."""
     for entry in skipped[:shown]:
@@ -310,22 +340,16 @@ def find_hash_duplicates(
     if not folder.is_dir():
         raise DataError(f"not a folder: {folder}")
     listing = list_files(folder, recursive, exclude, include_hidden)
-    copies = Copies.of(listing.files)  # as samespace dedup: each group of copies hashed once
-    found, decoded, unreadable = hashes.file_hashes([listing.files[i] for i in copies.scored], method)
-    kept_reps, kept, unreadable = copies.expand(listing.files, decoded, unreadable)
-    skipped = sorted(listing.skipped + unreadable, key=lambda s: s.path)
-    log_skipped(skipped, folder)
-    require_photos_here(kept_reps, listing, folder, skipped)
-    index_of = {position: k for k, position in enumerate(kept)}
-    paths = [listing.files[i] for i in kept]
-    names = [path.relative_to(folder).as_posix() for path in paths]
-    a, b, distances = hashes.close_pairs(hashes.as_integers(found), max_distance)  # among representatives
-    rep_index = np.array([index_of[r] for r in kept_reps], dtype=np.int64)
+    # as samespace dedup: each group of copies hashed once
+    kept = read_representatives(folder, listing, lambda files: hashes.file_hashes(files, method))
+    names = [path.relative_to(folder).as_posix() for path in kept.paths]
+    a, b, distances = hashes.close_pairs(hashes.as_integers(kept.read), max_distance)  # among representatives
+    rep_index = np.array([kept.index_of[r] for r in kept.reps], dtype=np.int64)
     threshold, search = float(hashes.similarity(max_distance)), f"{method} <= {max_distance} bits"
     result = Dedup(names, rep_index[a], rep_index[b], hashes.similarity(distances), threshold, search, 0)
-    result.mark_identical(copies.groups_among(kept_reps, index_of))
-    result.unreadable = skipped
-    rank_for_keeping(result, paths, keep)
+    result.mark_identical(kept.copies.groups_among(kept.reps, kept.index_of))
+    result.unreadable = kept.skipped
+    rank_for_keeping(result, kept.paths, keep)
     return result
 
 
@@ -369,25 +393,18 @@ def embed_photos(
     # bfloat16 trunk on CUDA, where it scores alike; engine_name: onnxruntime on the CPU (engine.py)
     embedder = scoring.Embedder(net, device, autocast=True, engine_name=engine_name)
     # Byte-identical copies first: only one of each group is decoded and scored (O(copies)).
-    copies = Copies.of(listing.files)
-    files = [listing.files[i] for i in copies.scored]
-    trunk_features, decoded, unreadable = scoring.features_of_files(embedder, files)
-    kept_reps, kept, unreadable = copies.expand(listing.files, decoded, unreadable)
-    skipped = sorted(listing.skipped + unreadable, key=lambda s: s.path)
-    log_skipped(skipped, folder)
-    require_photos_here(kept_reps, listing, folder, skipped)
-    index_of = {position: k for k, position in enumerate(kept)}
-    paths = [listing.files[i] for i in kept]
-    first, second = embedder.embed(trunk_features)
+    kept = read_representatives(folder, listing, lambda files: scoring.features_of_files(embedder, files))
+    first, second = embedder.embed(kept.read)
+    index_of, copies_of = kept.index_of, kept.copies.copies_of
     return Embedded(
         folder,
-        paths,
-        [path.relative_to(folder).as_posix() for path in paths],
-        [index_of[r] for r in kept_reps],
-        {index_of[r]: [index_of[c] for c in copies.copies_of[r]] for r in kept_reps if r in copies.copies_of},
+        kept.paths,
+        [path.relative_to(folder).as_posix() for path in kept.paths],
+        [index_of[r] for r in kept.reps],
+        {index_of[r]: [index_of[c] for c in copies_of[r]] for r in kept.reps if r in copies_of},
         first,
         second,
-        skipped,
+        kept.skipped,
         embedder.trunk_images,
         embedder.engine,
     )
