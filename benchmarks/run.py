@@ -1,6 +1,7 @@
 """SameSpace benchmarks: each comparison measured side by side in one process, reported as ratios.
 
     python benchmarks/run.py [--quick] [--sections sampling,training,dedup,cpu,gpu,baselines,scale]
+    (scale = scale-index,scale-against,scale-memory)
                              [--imagededup-python PATH]
 
 1. Pair set and hash-weighted sampling: the original method (an N^2-row pandas frame, an imagehash
@@ -24,7 +25,8 @@
 6. Trained baselines (``--sections baselines``): the training time of ``autoencoder`` (+ its KMeans)
    and ``siamese-resnet`` on 631 generated 256x256 photos in the Kaggle Training Data's room sizes
    (``--quick``: one epoch each, projected to the full epochs).
-7. ``--sections scale`` (benchmarks/scale.py): the compressed candidate index on 1,000,000
+7. ``--sections scale`` (benchmarks/scale.py; its parts alone: ``scale-index``, ``scale-against``,
+   ``scale-memory``): the compressed candidate index on 1,000,000
    (``--quick``: 100,000) synthetic 2,560-d vectors with planted duplicates: recall against exact
    search on a sample, bytes per photo, build and search time; ``--against`` against dedup of the union.
 
@@ -878,10 +880,14 @@ def main(argv: list[str] | None = None) -> int:
     if "baselines" in sections:
         for method, minutes in bench_baselines(args.quick).items():
             target(f"{method}_training_631_photos_cpu", f"{minutes:.1f} min", "< 30 min", minutes < 30)
-    if "scale" in sections:  # not in the default list: 20 minutes with --quick on 2 loaded cores
-        from benchmarks.scale import bench_against, bench_scale
+    # not in the default list (long): "scale" runs the three parts, each can run alone
+    if sections & {"scale", "scale-index"}:
+        from benchmarks.scale import bench_scale
 
         bench_scale(args.quick, row, target)
+    if sections & {"scale", "scale-against"}:
+        from benchmarks.scale import bench_against
+
         bench_against(args.quick, row, target, write_photo_folder)
 
     print("\n| section | measurement | value |\n|---|---|---|")
