@@ -1,8 +1,8 @@
 """SameSpace benchmarks: each comparison measured side by side in one process, reported as ratios.
 
     python benchmarks/run.py [--quick] [--sections sampling,training,dedup,cpu,gpu,baselines,scale]
-    (scale = scale-index,scale-against,scale-memory)
                              [--imagededup-python PATH]
+    (scale = scale-index,scale-against,scale-memory)
 
 1. Pair set and hash-weighted sampling: the original method (an N^2-row pandas frame, an imagehash
    difference per pair, pandas 1.x's weighted ``DataFrame.sample``) against ours at N = 631; ours alone at N = 5,000
