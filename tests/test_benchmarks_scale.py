@@ -29,3 +29,19 @@ def test_exact_top_k_is_brute_force_without_the_query_itself(monkeypatch):
     similarity = every[rows] @ every.T
     similarity[np.arange(4), rows] = -np.inf
     assert np.array_equal(np.sort(found, 1), np.sort(np.argsort(-similarity, 1)[:, :5], 1))
+
+
+def test_bench_scale_end_to_end_at_a_small_size_reports_what_it_measured(monkeypatch, capsys):
+    monkeypatch.setattr(scale, "DIM", 256)  # still projected (PCA192), seconds instead of minutes
+    monkeypatch.setattr(scale, "BLOCK", 2_000)
+    monkeypatch.setattr(scale, "SAMPLE_QUERIES", 100)
+    rows, targets = [], []
+    scale.bench_scale(True, lambda *a: rows.append(a), lambda *a: targets.append(a), n=6_000)
+    values = {what: value for _, what, value in rows}
+    assert values["N=6,000 planted partners exact finds (of 100)"] == "100"  # noise 0.5: copies are nearest
+    assert float(values["N=6,000 duplicate-pair recall against exact"]) >= 0.99
+    assert values["N=6,000 IVF cells / training vectors"] == "256 / 6,000"
+    assert 0 < float(values["N=6,000 peak RSS of the process (index, training sample, tables)"].split()[0])
+    assert [name for name, *_ in targets] == ["scale_n6000_duplicate_pair_recall", "scale_n6000_index_bytes_per_photo"]
+    progress = capsys.readouterr().err
+    assert "scale-index: added 6,000 / 6,000" in progress and "scale-index: searched 6,000 / 6,000" in progress
