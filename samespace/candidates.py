@@ -15,10 +15,12 @@ that divides away as the folder grows. (PQ64 codes would be 72 bytes, but faiss-
 training did not finish in minutes on this shared machine, so SQ8 it is.)
 ``index_bytes(index) / index.ntotal`` is the serialised size per photo. ``NPROBE`` cells are
 searched per query: recall of planted duplicate pairs against exact search is at least 0.99 on
-128-d look-alike vectors (tests/test_candidates.py) and on 100,000 synthetic 2,560-d ones
-(``benchmarks/run.py --quick --sections scale``). The index is trained on a seeded sample, filled
-and searched blockwise (``compressed_index``, ``add_blocks``, ``search_blocks``), so a caller never
-needs all float32 vectors in memory at once.
+128-d look-alike vectors (tests/test_candidates.py) and on 100,000 and 1,000,000 synthetic 2,560-d
+ones (``benchmarks/run.py [--quick] --sections scale-index``; 205 B a photo at 1,000,000). The index
+is trained on a seeded sample, filled and searched blockwise (``compressed_index``, ``add_blocks``,
+``search_blocks``), so a caller never needs all float32 vectors in memory at once. Past one
+machine, workers fill ``shard``s (copies of one trained index, global ids) and ``merge_shards``
+joins them on disk with faiss's ``merge_ondisk``.
 """
 
 from __future__ import annotations
