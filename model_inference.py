@@ -533,7 +533,10 @@ def build_parser() -> Parser:
     )
     dd.add_argument("--force", action="store_true", help="overwrite reports in a non-empty output folder")
     dd.add_argument(
-        "--save-catalogue", type=Path, metavar="DIR", help="keep the photos' embeddings in DIR (a new folder)"
+        "--save-catalogue",
+        type=Path,
+        metavar="DIR",
+        help="keep the photos' embeddings and each one's --neighbours nearest similarities in DIR (a new folder)",
     )
     dd.add_argument(
         "--against", type=Path, metavar="DIR", help="score the photos against the catalogue in DIR (not re-embedded)"
