@@ -45,3 +45,20 @@ def test_bench_scale_end_to_end_at_a_small_size_reports_what_it_measured(monkeyp
     assert [name for name, *_ in targets] == ["scale_n6000_duplicate_pair_recall", "scale_n6000_index_bytes_per_photo"]
     progress = capsys.readouterr().err
     assert "scale-index: added 6,000 / 6,000" in progress and "scale-index: searched 6,000 / 6,000" in progress
+
+
+def test_the_against_benchmark_takes_the_catalogue_part_and_compares_the_new_photos_pairs(tmp_path):
+    import torch
+
+    from samespace import dedup
+
+    paths = [tmp_path / "union" / part / f"p{k}.jpg" for part, k in (("kept", 0), ("kept", 1), ("new", 2), ("new", 3))]
+    first, second = torch.arange(8.0).reshape(4, 2), -torch.arange(8.0).reshape(4, 2)
+    names = [path.relative_to(tmp_path / "union").as_posix() for path in paths]
+    embedded = dedup.Embedded(tmp_path / "union", paths, names, [0, 1, 2, 3], {}, first, second, [], 4, "onnx")
+    kept = scale.part_of(embedded, tmp_path / "union" / "kept")
+    assert kept.names == ["p0.jpg", "p1.jpg"] and kept.scored == [0, 1] and kept.paths == paths[:2]
+    assert torch.equal(kept.first, first[:2]) and torch.equal(kept.second, second[:2])
+    result = dedup.Dedup(names, np.array([0, 0, 2]), np.array([1, 2, 3]), np.array([0.1, 0.2, 0.3]), 0.5, "knn", 3)
+    found = scale.scored_with(result, tmp_path / "union", tmp_path / "union" / "new")
+    assert found == {(str(paths[0]), str(paths[2])): 0.2, (str(paths[2]), str(paths[3])): 0.3}  # kept-kept left out
