@@ -211,8 +211,15 @@ def read_nearest(folder: Path, payload: dict, photos: int) -> tuple[np.ndarray |
     except (KeyError, TypeError, ValueError, OSError) as exc:
         raise refuse(folder, f"its nearest similarities are unreadable ({first_line(exc)}): rebuild it") from None
     k = payload.get("neighbours")
-    if nearest.dtype != np.float32 or nearest.shape != (photos, k) or np.isnan(nearest).any() or (nearest > 1.5).any():
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:  # 0 lists: no photo searched from
+        raise refuse(folder, f"{INDEX} keeps {k!r} nearest similarities a photo, not a whole number >= 1: rebuild it")
+    if nearest.dtype != np.float32 or nearest.shape != (photos, k):
         raise refuse(folder, f"{path.name} holds {nearest.shape} {nearest.dtype} for {photos} photos: rebuild it")
+    # the reverse search counts in each list by binary search: a list out of order loses pairs
+    if np.isnan(nearest).any() or (nearest > 1.5).any() or (nearest[:, 1:] > nearest[:, :-1]).any():
+        raise refuse(
+            folder, f"{path.name} holds similarities that are NaN, above 1 or out of descending order: rebuild it"
+        )
     return nearest, path.name
 
 

@@ -298,6 +298,44 @@ def test_a_format_1_catalogue_is_queried_after_one_line_and_its_add_keeps_format
         catalogue.load(kept)
 
 
+def rewritten_nearest(kept: Path, nearest: np.ndarray, **index) -> None:
+    """Replace a catalogue's nearest similarities, with catalogue.json naming the new file's size
+    and SHA-256 (so only the content itself can be wrong), and ``index`` changed in it."""
+    payload = json.loads((kept / "catalogue.json").read_text())
+    path = kept / payload["nearest"]["name"]
+    np.save(path, nearest, allow_pickle=False)
+    payload["nearest"] = {"name": path.name, "bytes": path.stat().st_size, "sha256": catalogue.sha256_of(path)}
+    (kept / "catalogue.json").write_text(json.dumps({**payload, **index}))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("not descending", r"nearest-000000.npy holds similarities that are NaN, above 1 or out of descending order"),
+        ("a NaN", r"nearest-000000.npy holds similarities that are NaN, above 1 or out of descending order"),
+        ("none kept", r"catalogue.json keeps 0 nearest similarities a photo, not a whole number >= 1"),
+        ("not a count", r"catalogue.json keeps 5.0 nearest similarities a photo, not a whole number >= 1"),
+    ],
+)
+def test_nearest_similarities_that_would_lose_pairs_are_refused_in_one_line(tmp_path, damage, message):
+    union, vectors = injected_parts(tmp_path)
+    kept = tmp_path / "kept"
+    catalogue.save(kept, small_network(), embedded_of(union, ["A"], vectors), neighbours=NEIGHBOURS)
+    nearest = catalogue.load(kept).nearest
+    if damage == "not descending":  # the reverse search counts with a binary search in each list
+        rewritten_nearest(kept, nearest[:, ::-1].copy())
+    elif damage == "a NaN":
+        nearest[3, 1] = np.nan
+        rewritten_nearest(kept, nearest)
+    elif damage == "none kept":  # no list: no catalogue photo would ever be searched from
+        rewritten_nearest(kept, nearest[:, :0].copy(), neighbours=0)
+    else:
+        rewritten_nearest(kept, nearest, neighbours=5.0)
+    with pytest.raises(DataError, match=message) as caught:
+        catalogue.load(kept)
+    assert "\n" not in str(caught.value)
+
+
 ADD_THEN_HANG = """
 import sys, time
 sys.path[:0] = [{tests!r}, {project!r}]
