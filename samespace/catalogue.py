@@ -241,10 +241,25 @@ def read_segment(folder: Path, segment: dict) -> tuple[list[Row], np.ndarray]:
     return rows, both
 
 
-def load(folder: Path) -> Catalogue:
-    """The catalogue in ``folder``, every file checked; one line (``DataError``) if it is not whole."""
+def load(folder: Path, attempts: int = 3) -> Catalogue:
+    """The catalogue in ``folder``, every file checked; one line (``DataError``) if it is not whole.
+    An ``--add`` that switches ``catalogue.json`` while it is read (and then removes the replaced
+    similarities) is no damage: the new catalogue is read instead."""
     folder = Path(folder)
     payload = read_index(folder)
+    for _ in range(attempts - 1):
+        try:
+            return read_catalogue(folder, payload)
+        except DataError:
+            switched = read_index(folder)
+            if switched == payload:  # damage, not a switch
+                raise
+            payload = switched
+    return read_catalogue(folder, payload)
+
+
+def read_catalogue(folder: Path, payload: dict) -> Catalogue:
+    """The catalogue that the index ``payload`` of ``folder`` names, every file checked."""
     rows: list[Row] = []
     parts: list[np.ndarray] = []
     for segment in payload["segments"]:

@@ -336,6 +336,27 @@ def test_nearest_similarities_that_would_lose_pairs_are_refused_in_one_line(tmp_
     assert "\n" not in str(caught.value)
 
 
+def test_a_query_loading_while_an_add_switches_reads_the_new_catalogue(tmp_path, monkeypatch):
+    net = small_network()
+    union, vectors = injected_parts(tmp_path)
+    kept = tmp_path / "kept"
+    catalogue.save(kept, net, embedded_of(union, ["A"], vectors), neighbours=NEIGHBOURS)
+    before = catalogue.load(kept)
+    _, addition = catalogue.against(before, embedded_of(union / "B", ["."], vectors), net.head)
+    read_segment, calls = catalogue.read_segment, []
+
+    def add_meanwhile(folder, segment):  # another process's --add switches (and drops the old
+        calls.append(segment["name"])  # similarities) after this load read catalogue.json
+        if len(calls) == 1:
+            catalogue.append(kept, net, addition, before)
+        return read_segment(folder, segment)
+
+    monkeypatch.setattr(catalogue, "read_segment", add_meanwhile)
+    loaded = catalogue.load(kept)
+    assert len(loaded) == len(before) + len(addition.rows) and loaded.nearest_file == "nearest-000001.npy"
+    assert calls == ["part-000000", "part-000000", "part-000001"]  # read again, once
+
+
 ADD_THEN_HANG = """
 import sys, time
 sys.path[:0] = [{tests!r}, {project!r}]
