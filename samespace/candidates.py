@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -170,12 +171,15 @@ def merge_shards(trained, shard_paths: list[str], data_path: str):
     ``trained``): their inverted lists are merged into the on-disk file ``data_path`` by faiss's
     ``merge_ondisk`` (shards read memory-mapped), and it searches as one index filled with every
     shard's vectors. A shard trained apart is refused: its cells would mean other things. Ids are
-    the shards' own; that they do not overlap is the caller's part."""
+    the shards' own; that they do not overlap is the caller's part. No shards, or a ``data_path``
+    faiss cannot write, is one line (``ValueError``, ``OSError``), a partly written file removed."""
     import faiss
     from faiss.contrib.ondisk import merge_ondisk
 
     if trained.ntotal:
         raise ValueError(f"the trained index to merge into holds {trained.ntotal} vectors: give the empty trained one")
+    if not shard_paths:
+        raise ValueError("no shards to merge: give at least one shard file")
     expected = trained_parts(trained)
     for path in shard_paths:
         try:
@@ -185,7 +189,13 @@ def merge_shards(trained, shard_paths: list[str], data_path: str):
         if len(parts) != len(expected) or any(not np.array_equal(a, b) for a, b in zip(parts, expected)):
             raise ValueError(f"shard {path} was not filled from this trained index: fill each from a copy of one")
     merged = faiss.clone_index(trained)
-    merge_ondisk(merged, [str(path) for path in shard_paths], str(data_path))
+    try:
+        merge_ondisk(merged, [str(path) for path in shard_paths], str(data_path))
+    except RuntimeError as error:  # faiss's C++ message: the failing line is its last
+        if Path(data_path).is_file():
+            Path(data_path).unlink()  # whole or absent
+        why = (str(error).strip().splitlines() or ["faiss failed"])[-1].split(" failed: ")[-1]
+        raise OSError(f"cannot write the merged inverted lists to {data_path}: {why}") from None
     return merged
 
 

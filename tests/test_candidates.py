@@ -129,6 +129,23 @@ def test_auto_searches_the_compressed_index_above_the_exact_limit(vectors, monke
     assert calls == [len(vectors)]  # at the limit: exact
 
 
+def test_merging_no_shards_or_into_an_unwritable_place_is_refused_in_one_line(tmp_path):
+    import faiss
+
+    vectors, _ = planted_duplicates(n=6_000, dim=256)
+    array = vectors.numpy()
+    trained = candidates.compressed_index(256, len(array), array)
+    with pytest.raises(ValueError, match="no shards to merge") as refused:
+        candidates.merge_shards(trained, [], tmp_path / "m.ivfdata")
+    assert "\n" not in str(refused.value) and not (tmp_path / "m.ivfdata").exists()
+    faiss.write_index(candidates.shard(trained, [array[:3_000]], 0), str(tmp_path / "a.index"))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "m.ivfdata").mkdir()  # faiss cannot open a folder to write its lists
+    with pytest.raises(OSError, match="cannot write the merged inverted lists to .*m.ivfdata") as refused:
+        candidates.merge_shards(trained, [str(tmp_path / "a.index")], tmp_path / "full" / "m.ivfdata")
+    assert "\n" not in str(refused.value)
+
+
 def test_shards_filled_from_one_trained_index_merge_on_disk_into_one_index(tmp_path):
     import faiss
 
