@@ -181,9 +181,7 @@ class FeatureCache:
             was_training = self.trunk.training
             self.trunk.eval()
             try:
-                self._dim = int(
-                    trunk_features(self.trunk, sample[:1], 0, self.device, runner=self.runner).shape[-1]
-                )
+                self._dim = int(trunk_features(self.trunk, sample[:1], 0, self.device, runner=self.runner).shape[-1])
             finally:
                 self.trunk.train(was_training)
         return self._dim

@@ -112,9 +112,7 @@ def test_a_projected_index_keeps_only_its_projection_and_answers_the_same_after_
 
 
 def test_ivfpq_below_its_training_minimum_searches_exactly(vectors):
-    assert np.array_equal(
-        candidates.nearest_neighbours(vectors, 5, method="ivfpq"), candidates.knn_exact(vectors, 5)
-    )
+    assert np.array_equal(candidates.nearest_neighbours(vectors, 5, method="ivfpq"), candidates.knn_exact(vectors, 5))
 
 
 def test_auto_searches_the_compressed_index_above_the_exact_limit(vectors, monkeypatch):
