@@ -161,9 +161,7 @@ class Listing:
     subfolders: list[Path]
 
 
-def list_files(
-    folder: Path, recursive: bool, exclude: Path | None = None, include_hidden: bool = False
-) -> Listing:
+def list_files(folder: Path, recursive: bool, exclude: Path | None = None, include_hidden: bool = False) -> Listing:
     """The regular files of ``folder`` (and its subfolders when ``recursive``), sorted, minus
     ``exclude`` and, unless ``include_hidden``, hidden subfolders (``.name``: caches such as the
     ``.samespace-cache`` that evaluate writes hold no photos of the user's).
@@ -452,7 +450,12 @@ def find_duplicates(
     entries that are not regular files are listed, not fatal. The stages in order:
     ``embed_photos``, ``find_candidates``, ``score_pairs``, ``group_pairs`` (then ``write_outputs``)."""
     embedded = embed_photos(
-        net, folder, device, recursive=recursive, exclude=exclude, include_hidden=include_hidden,
+        net,
+        folder,
+        device,
+        recursive=recursive,
+        exclude=exclude,
+        include_hidden=include_hidden,
         engine_name=engine_name,
     )
     return dedup_embedded(
@@ -542,8 +545,16 @@ def write_outputs(
             new / "pairs.csv", result.names, result.first, result.second, result.scores, result.identical
         )
         reports.write_dedup_html(
-            new / "report.html", folder, result.names, groups, pair_scores, result.unreadable, summary,
-            identical=identical, warnings=warnings or [], details=groups_module.describe(result.facts),
+            new / "report.html",
+            folder,
+            result.names,
+            groups,
+            pair_scores,
+            result.unreadable,
+            summary,
+            identical=identical,
+            warnings=warnings or [],
+            details=groups_module.describe(result.facts),
             **decision_aids(result, identical),
         )
         reports.write_json(
