@@ -871,6 +871,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.imagededup_python = args.imagededup_python or default_imagededup_python()
     sections = set(args.sections.split(","))
+    known = {"sampling", "training", "dedup", "cpu", "gpu", "baselines", "scale"}
+    known |= {"scale-index", "scale-against", "scale-memory"}  # the scale section's parts
+    for name in sorted(sections - known):  # a typo would run nothing and print an empty table
+        parser.error(f"unknown section {name!r} (known: {', '.join(sorted(known))})")
     print(
         f"SameSpace benchmarks ({'quick' if args.quick else 'full'}): torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads",

@@ -127,6 +127,14 @@ def test_gpu_section_lists_its_targets_as_not_measured_without_a_gpu(monkeypatch
     assert {name for name, _, _, met in bench.TARGETS if met is None} == set(bench.GPU_GOALS)
 
 
+def test_an_unknown_section_is_refused_before_any_work(capsys):
+    with pytest.raises(SystemExit) as stopped:  # a typo ran nothing and printed an empty table
+        bench.main(["--quick", "--sections", "scale_index"])
+    assert stopped.value.code == 2
+    assert "unknown section 'scale_index' (known: baselines, cpu," in capsys.readouterr().err
+    assert "SameSpace benchmarks" not in capsys.readouterr().out
+
+
 def test_baseline_photos_are_rooms_of_alike_scenes():
     rooms = np.array([0, 0, 1, 2, 2])
     images = bench.smooth_photos(rooms)
