@@ -40,12 +40,14 @@ one dedup's over the union (tested).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -359,6 +361,35 @@ def switch(folder: Path, payload: dict) -> None:
     reports.write_json(folder / INDEX, payload)
 
 
+@contextlib.contextmanager
+def exclusive(folder: Path) -> Iterator[None]:
+    """One add at a time in ``folder``: an advisory lock on the folder itself (no lock file).
+    Where it cannot be had (no ``fcntl``; some network file systems refuse to lock a folder), none:
+    ``check_unchanged`` still refuses an add that another one overtook before it began."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(handle)  # and the lock with it
+
+
+def check_unchanged(folder: Path, existing: Catalogue) -> None:
+    """Refuse an add whose catalogue was switched by another add after it was loaded: its segment
+    list and similarities would drop the other add's photos."""
+    payload = read_index(folder)
+    nearest = payload.get("nearest")
+    name = nearest.get("name") if isinstance(nearest, dict) else None
+    if payload.get("segments") != existing.segments or name != existing.nearest_file:
+        raise refuse(folder, "it changed since it was loaded (another --add?): nothing added; run the query again")
+
+
 def save(folder: Path, net: SiameseNet, embedded: dedup.Embedded, neighbours: int = 20, index: str = "auto") -> Path:
     """A new catalogue of an embedded folder (``--save-catalogue``), with each photo's
     ``neighbours`` nearest similarities from dedup's own neighbour search (``index``)."""
@@ -382,22 +413,25 @@ def append(folder: Path, net: SiameseNet, addition: Addition, existing: Catalogu
         raise ValueError(f"nearest similarities for {len(addition.nearest)} photos, not {len(known) + len(rows)}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(folder, segments, existing.nearest_file if existing is not None else None)
-        staging = folder / STAGING
-        staging.mkdir()
-        number = 1 + max((int(str(s["name"]).split("-")[1]) for s in segments), default=-1)
-        name = f"part-{number:06d}"
-        entry = write_segment(staging, name, rows, both)
-        nearest = write_nearest(staging, f"nearest-{number:06d}", addition.nearest)
-        for moved in (f"{name}.json", f"{name}.npy", nearest["name"]):
-            os.replace(staging / moved, folder / moved)
-        payload = {
-            "format": FORMAT, **identity(net), "photos": len(known) + len(rows), "segments": [*segments, entry],
-            "neighbours": int(addition.nearest.shape[1]), "nearest": nearest,
-        }  # fmt: skip
-        switch(folder, payload)
-        staging.rmdir()
-        remove_leftovers(folder, payload["segments"], nearest["name"], staging=False)  # the replaced similarities
+        with exclusive(folder):  # held to the switch and the clean-up after it
+            if existing is not None:
+                check_unchanged(folder, existing)
+            remove_leftovers(folder, segments, existing.nearest_file if existing is not None else None)
+            staging = folder / STAGING
+            staging.mkdir()
+            number = 1 + max((int(str(s["name"]).split("-")[1]) for s in segments), default=-1)
+            name = f"part-{number:06d}"
+            entry = write_segment(staging, name, rows, both)
+            nearest = write_nearest(staging, f"nearest-{number:06d}", addition.nearest)
+            for moved in (f"{name}.json", f"{name}.npy", nearest["name"]):
+                os.replace(staging / moved, folder / moved)
+            payload = {
+                "format": FORMAT, **identity(net), "photos": len(known) + len(rows), "segments": [*segments, entry],
+                "neighbours": int(addition.nearest.shape[1]), "nearest": nearest,
+            }  # fmt: skip
+            switch(folder, payload)
+            staging.rmdir()
+            remove_leftovers(folder, payload["segments"], nearest["name"], staging=False)  # the replaced similarities
     except OSError as exc:
         raise OutputError(f"cannot write the catalogue {printable(str(folder))}: {first_line(exc)}") from None
     logger.info("catalogue %s: %d photos (%d added)", printable(str(folder)), payload["photos"], len(rows))

@@ -357,6 +357,22 @@ def test_a_query_loading_while_an_add_switches_reads_the_new_catalogue(tmp_path,
     assert calls == ["part-000000", "part-000000", "part-000001"]  # read again, once
 
 
+def test_an_add_from_a_catalogue_that_changed_since_it_was_loaded_is_refused(tmp_path):
+    net = small_network()
+    union, vectors = injected_parts(tmp_path)
+    kept = tmp_path / "kept"
+    catalogue.save(kept, net, embedded_of(union, ["A"], vectors), neighbours=NEIGHBOURS)
+    loaded = catalogue.load(kept)  # two queries of one state, as two --add processes would load it
+    _, with_b = catalogue.against(loaded, embedded_of(union / "B", ["."], vectors), net.head)
+    _, with_c = catalogue.against(loaded, embedded_of(union / "C", ["."], vectors), net.head)
+    catalogue.append(kept, net, with_b, loaded)
+    before = snapshot(kept)
+    with pytest.raises(DataError, match=r"changed since it was loaded \(another --add\?\): nothing added; run") as caught:
+        catalogue.append(kept, net, with_c, loaded)  # it would drop B's segment and B's similarities
+    assert "\n" not in str(caught.value) and snapshot(kept) == before
+    assert len(catalogue.load(kept)) == len(loaded) + len(with_b.rows)
+
+
 ADD_THEN_HANG = """
 import sys, time
 sys.path[:0] = [{tests!r}, {project!r}]
