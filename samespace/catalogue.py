@@ -14,11 +14,12 @@ and size; a segment is ``part-NNNNNN.json`` (its folder and manifest rows) and `
 k largest similarities, descending (``-inf`` where the catalogue has fewer photos). An add writes
 its files under ``DIR/.adding/``, moves them into ``DIR`` under names no ``catalogue.json`` uses,
 and only then replaces ``catalogue.json`` (one atomic rename): a kill at any point leaves the
-catalogue as it was (the next add removes what such a kill left behind). No candidate index is
-kept: the search over the embeddings is rebuilt for each query (exact, blockwise: 100 new photos
-against 10,000 cost one 100 x 10,000 x 2,560 product). A format-1 catalogue (made before the
-similarities were kept) is queried after computing them from its embeddings (one log line; its
-next ``--add`` stores them).
+catalogue as it was (the next add removes what such a kill left behind). Adds lock ``DIR`` and
+refuse a catalogue that another add switched after it was loaded; a load that a switch overtakes
+reads the new catalogue. No candidate index is kept: the search over the embeddings is rebuilt
+for each query (exact, blockwise: 100 new photos against 10,000 cost one 100 x 10,000 x 2,560
+product). A format-1 catalogue (made before the similarities were kept) is queried after
+computing them from its embeddings (one log line; its next ``--add`` stores them).
 
 A byte-identical copy keeps its own manifest row and its representative's embeddings and
 similarities. Candidate pairs of a query are those of one dedup over the union that involve a new
