@@ -5,7 +5,9 @@ Determined 0.38.1's tests run torch_batch_process off-cluster with a fake ``det.
 ``_torch_batch_process._initialize_default_inference_context``; ``cluster`` below does the same
 (private names, pinned to determined==0.38.1). The real loop, sharding, progress checkpoints,
 ``upload_path()`` and resume then run on the CPU. The network is the small input-dependent stand-in
-of the other dedup tests (``conftest.small_trunk``), so scores differ from photo to photo."""
+of the other dedup tests (``conftest.small_trunk``), so scores differ from photo to photo.
+Checkpoint storage is a shared_fs folder, or S3 through determined's own S3StorageManager (boto3)
+on moto's in-process mock of AWS (``bucket``): no network and no real bucket."""
 
 from __future__ import annotations
 
@@ -44,9 +46,14 @@ def small_network() -> SiameseNet:
     return net.eval()
 
 
-def fake_info(storage: Path, hparams: dict, slots: int, latest: str | None) -> det.ClusterInfo:
+def storage_config(storage: Path | dict) -> dict:
+    """``checkpoint_storage`` as the experiment config gives it: a shared_fs folder, or a dict (s3)."""
+    return storage if isinstance(storage, dict) else {"type": "shared_fs", "host_path": str(storage)}
+
+
+def fake_info(storage: Path | dict, hparams: dict, slots: int, latest: str | None) -> det.ClusterInfo:
     """A ClusterInfo as Determined's tests make it (tests/launch/test_util.make_mock_cluster_info)."""
-    config = {"checkpoint_storage": {"type": "shared_fs", "host_path": str(storage)}, "hyperparameters": hparams}
+    config = {"checkpoint_storage": storage_config(storage), "hyperparameters": hparams}
     trial = det.TrialInfo(
         trial_id=1, experiment_id=1, trial_seed=0, hparams=hparams, config=config, steps_completed=0,
         trial_run_id=0, debug=False, inter_node_network_interface=None,
@@ -60,13 +67,16 @@ def fake_info(storage: Path, hparams: dict, slots: int, latest: str | None) -> d
 
 
 @contextlib.contextmanager
-def cluster(storage: Path, hparams: dict, slots: int = 1, latest: str | None = None, distributed=None) -> Iterator:
-    """Determined's off-cluster route: the fake ClusterInfo and core._dummy_init on ``storage``."""
+def cluster(
+    storage: Path | dict, hparams: dict, slots: int = 1, latest: str | None = None, distributed=None
+) -> Iterator:
+    """Determined's off-cluster route: the fake ClusterInfo and core._dummy_init on ``storage`` (a
+    shared_fs folder, or an s3 config dict: _dummy_init takes shared_fs only as a string)."""
     saved_info, saved_init = det._info._info, _torch_batch_process._initialize_default_inference_context
     saved_load = batch.load_network
     det._info._info = fake_info(storage, hparams, slots, latest)
     _torch_batch_process._initialize_default_inference_context = lambda _: core._dummy_init(
-        distributed=distributed, checkpoint_storage=str(storage)
+        distributed=distributed, checkpoint_storage=storage if isinstance(storage, dict) else str(storage)
     )
     batch.load_network = lambda settings, context: (small_network(), LABEL)
     try:
@@ -149,16 +159,13 @@ class Stop(Exception):
     """Stands for the worker's death."""
 
 
-def test_a_run_stopped_after_a_shard_whose_checkpoint_never_landed_resumes_and_replays_it(folder, tmp_path):
-    hparams = settings_for(folder, tmp_path / "whole")
-    with cluster(tmp_path / "whole-storage", hparams):
-        batch.run(batch.JobSettings.from_hparams(hparams))
-    hparams = settings_for(folder, tmp_path / "resumed")
-    storage = tmp_path / "storage"
+def run_until_the_second_checkpoint(storage: Path | dict, hparams: dict) -> None:
+    """The job dies at its second progress checkpoint: that interval's shard is written, its
+    checkpoint is not."""
     real = _torch_batch_process._synchronize_and_checkpoint
     calls = []
 
-    def dies_at_the_second(*args, **kwargs):  # the second interval's shard is written, its checkpoint is not
+    def dies_at_the_second(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise Stop
@@ -170,6 +177,23 @@ def test_a_run_stopped_after_a_shard_whose_checkpoint_never_landed_resumes_and_r
             batch.run(batch.JobSettings.from_hparams(hparams))
     finally:
         _torch_batch_process._synchronize_and_checkpoint = real
+
+
+def assert_resumed_as_whole(resumed: dict, whole: dict, manifest: batch.Manifest, outputs: Path, whole_outputs: Path):
+    assert sorted(resumed["ids"].tolist() + resumed["skipped_ids"].tolist()) == list(range(len(manifest.paths)))
+    for key in ("ids", "sha256", "first", "second"):
+        assert np.array_equal(resumed[key], whole[key]), key  # bit for bit: the same batches, the same code
+    for name in ("duplicates.json", "to_remove.json", "summary.json", "pairs.csv"):
+        assert (outputs / name).read_bytes() == (whole_outputs / name).read_bytes()
+
+
+def test_a_run_stopped_after_a_shard_whose_checkpoint_never_landed_resumes_and_replays_it(folder, tmp_path):
+    hparams = settings_for(folder, tmp_path / "whole")
+    with cluster(tmp_path / "whole-storage", hparams):
+        batch.run(batch.JobSettings.from_hparams(hparams))
+    hparams = settings_for(folder, tmp_path / "resumed")
+    storage = tmp_path / "storage"
+    run_until_the_second_checkpoint(storage, hparams)
     latest = newest_checkpoint(storage)
     assert json.loads((storage / latest / "metadata.json").read_text())["steps_completed"] == 2
     assert not (tmp_path / "resumed").exists()  # nothing written before the end
@@ -178,11 +202,112 @@ def test_a_run_stopped_after_a_shard_whose_checkpoint_never_landed_resumes_and_r
     manifest = batch.manifest_of(batch.JobSettings.from_hparams(hparams))
     resumed = batch.read_shards(output_shards(storage), manifest)
     whole = batch.read_shards(output_shards(tmp_path / "whole-storage"), manifest)
-    assert sorted(resumed["ids"].tolist() + resumed["skipped_ids"].tolist()) == list(range(len(manifest.paths)))
-    for key in ("ids", "sha256", "first", "second"):
-        assert np.array_equal(resumed[key], whole[key]), key  # bit for bit: the same batches, the same code
-    for name in ("duplicates.json", "to_remove.json", "summary.json", "pairs.csv"):
-        assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    assert_resumed_as_whole(resumed, whole, manifest, tmp_path / "resumed", tmp_path / "whole")
+
+
+@pytest.fixture()
+def bucket(tmp_path, monkeypatch) -> Iterator[dict]:
+    """S3 checkpoint storage in moto's in-process mock of AWS (no network, no real bucket), as
+    determined's S3StorageManager (boto3) sees it; its local copies go to ``temp_dir``."""
+    moto = pytest.importorskip("moto")
+    import boto3
+
+    fake = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+            "AWS_CONFIG_FILE": str(tmp_path / "no-config")}  # fmt: skip
+    for name, value in fake.items():  # never the user's own credentials or endpoints
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    with moto.mock_aws():
+        boto3.client("s3").create_bucket(Bucket="samespace-test")
+        yield {"type": "s3", "bucket": "samespace-test", "prefix": "determined", "temp_dir": str(tmp_path / "s3-temp")}
+
+
+def bucket_keys(config: dict) -> list[str]:
+    import boto3
+
+    return sorted(item.key for item in boto3.resource("s3").Bucket(config["bucket"]).objects.all())
+
+
+def newest_checkpoint_in(config: dict) -> tuple[str, dict]:
+    """``newest_checkpoint`` for a bucket: the progress checkpoint with the most steps, and its metadata."""
+    import boto3
+
+    found = []
+    for item in boto3.resource("s3").Bucket(config["bucket"]).objects.filter(Prefix=config["prefix"] + "/"):
+        if item.key.endswith("/metadata.json"):
+            metadata = json.loads(item.get()["Body"].read())
+            if "steps_completed" in metadata:
+                found.append((metadata["steps_completed"], item.key.split("/")[-2], metadata))
+    steps, storage_id, metadata = max(found, key=lambda entry: entry[0])
+    return storage_id, metadata
+
+
+def test_on_s3_storage_the_job_resumes_from_its_checkpoint_in_the_bucket_and_writes_local_dedups_outputs(
+    folder, tmp_path, bucket
+):
+    """The stop-and-resume run above with ``checkpoint_storage: {type: s3}`` (determined's
+    S3StorageManager on moto's mock): shards uploaded to the bucket, the resume reads its progress
+    checkpoint from it, the chief downloads every shard through the storage manager; the outputs
+    equal an uninterrupted shared_fs run's bit for bit and local dedup's."""
+    from determined.common import storage
+
+    hparams = settings_for(folder, tmp_path / "whole")
+    with cluster(tmp_path / "whole-storage", hparams):
+        batch.run(batch.JobSettings.from_hparams(hparams))
+    hparams = settings_for(folder, tmp_path / "resumed")
+    run_until_the_second_checkpoint(bucket, hparams)
+    latest, metadata = newest_checkpoint_in(bucket)
+    assert metadata["steps_completed"] == 2 and not (tmp_path / "resumed").exists()
+    shards = f"determined/{metadata['default_output_uuid']}/rank_0/"
+    first_two = [shards + "shard-r000-b00000000-00000001.npz", shards + "shard-r000-b00000002-00000003.npz"]
+    assert set(first_two + [key + ".sha256" for key in first_two]) <= set(bucket_keys(bucket))
+    with cluster(bucket, hparams, latest=latest):
+        batch.run(batch.JobSettings.from_hparams(hparams))
+    manifest = batch.manifest_of(batch.JobSettings.from_hparams(hparams))
+    with storage.build(bucket, None).restore_path(metadata["default_output_uuid"]) as downloaded:
+        resumed = batch.read_shards(Path(downloaded), manifest)
+    whole = batch.read_shards(output_shards(tmp_path / "whole-storage"), manifest)
+    assert_resumed_as_whole(resumed, whole, manifest, tmp_path / "resumed", tmp_path / "whole")
+    assert_same_outputs(tmp_path / "resumed", local_outputs(folder, tmp_path / "local"), small_network())
+    assert catalogue.load(tmp_path / "resumed" / "catalogue").neighbours == 20
+    left = [p for p in Path(bucket["temp_dir"]).rglob("*") if p.is_file()]
+    assert not left, left  # the storage manager's local copies are gone
+
+
+class Slot:
+    """What ``batch.load_network`` reads of a TorchBatchProcessorContext."""
+
+    def __init__(self, core_context: core.Context):
+        self._core_context, self.device = core_context, torch.device("cpu")
+
+
+def test_a_checkpoint_uuid_is_restored_from_s3_storage_and_one_not_there_is_one_line(bucket, tmp_path):
+    from samespace.checkpoints import TRIAL_SPEC
+
+    hparams = {"learning_rate": 1e-3, "alpha": 0.9, "dropout1": 0.3, "dropout2": 0.4, "dropout3": 0.5}
+    torch.manual_seed(3)
+    saved = SiameseNet(pretrained=False, dropouts=(0.3, 0.4, 0.5)).eval()
+    context = core._dummy_init(checkpoint_storage=bucket)
+    with context.checkpoint.store_path({"steps_completed": 3}) as (folder, uuid):  # uploaded to the bucket
+        (folder / "load_data.json").write_text(json.dumps({"trial_cls_spec": TRIAL_SPEC, "hparams": hparams}))
+        torch.save({"models_state_dict": [saved.state_dict()]}, folder / "state_dict.pth")
+    assert f"determined/{uuid}/state_dict.pth" in bucket_keys(bucket)
+    net, label = batch.load_network(
+        batch.JobSettings.from_hparams(settings_for(tmp_path, tmp_path, checkpoint=uuid)), Slot(context)
+    )
+    assert label == uuid and net.preprocessing == saved.preprocessing
+    loaded = net.state_dict()
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in saved.state_dict().items())
+    assert not [p for p in Path(bucket["temp_dir"]).rglob("*") if p.is_file()]  # the download is removed
+    for wrong, message in [
+        ("0b9b6f1e-1c1d-4d6e-9f3a-5a6b7c8d9e0f", r"not in this experiment's checkpoint storage \(Did not find"),
+        (uuid[:8], r"neither a checkpoint folder every slot sees nor a checkpoint UUID$"),
+    ]:
+        settings = batch.JobSettings.from_hparams(settings_for(tmp_path, tmp_path, checkpoint=wrong))
+        with pytest.raises(ConfigError, match=rf"^hyperparameters.checkpoint = {wrong}: {message}") as caught:
+            batch.load_network(settings, Slot(context))
+        assert "\n" not in str(caught.value)
 
 
 def finished_shards(folder: Path, tmp_path: Path) -> tuple[Path, batch.Manifest]:
