@@ -19,7 +19,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -205,10 +205,9 @@ def test_a_run_stopped_after_a_shard_whose_checkpoint_never_landed_resumes_and_r
     assert_resumed_as_whole(resumed, whole, manifest, tmp_path / "resumed", tmp_path / "whole")
 
 
-@pytest.fixture()
-def bucket(tmp_path, monkeypatch) -> Iterator[dict]:
-    """S3 checkpoint storage in moto's in-process mock of AWS (no network, no real bucket), as
-    determined's S3StorageManager (boto3) sees it; its local copies go to ``temp_dir``."""
+@contextlib.contextmanager
+def s3_bucket(tmp_path: Path, monkeypatch) -> Iterator[dict]:
+    """S3 in moto's in-process mock of AWS (no network, no real bucket), as boto3 sees it."""
     moto = pytest.importorskip("moto")
     import boto3
 
@@ -220,36 +219,67 @@ def bucket(tmp_path, monkeypatch) -> Iterator[dict]:
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     with moto.mock_aws():
         boto3.client("s3").create_bucket(Bucket="samespace-test")
-        yield {"type": "s3", "bucket": "samespace-test", "prefix": "determined", "temp_dir": str(tmp_path / "s3-temp")}
+        yield {"type": "s3", "bucket": "samespace-test"}
 
 
-def bucket_keys(config: dict) -> list[str]:
-    import boto3
+@contextlib.contextmanager
+def gcs_bucket(tmp_path: Path, monkeypatch) -> Iterator[dict]:
+    """GCS in gcp-storage-emulator's in-memory server on 127.0.0.1 (STORAGE_EMULATOR_HOST: the
+    google-cloud-storage client then goes there with anonymous credentials)."""
+    emulator = pytest.importorskip("gcp_storage_emulator.server")
+    (port,) = free_ports(1)
+    server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="samespace-test")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "samespace-test")
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    server.start()
+    try:
+        yield {"type": "gcs", "bucket": "samespace-test"}
+    finally:
+        server.stop()
 
-    return sorted(item.key for item in boto3.resource("s3").Bucket(config["bucket"]).objects.all())
+
+@pytest.fixture(params=["s3", "gcs"])
+def bucket(request, tmp_path, monkeypatch) -> Iterator[dict]:
+    """Cloud checkpoint storage, no network: determined's own S3/GCS storage managers on an
+    in-process mock or a loopback emulator; their local copies go to ``temp_dir``."""
+    made = s3_bucket if request.param == "s3" else gcs_bucket
+    with made(tmp_path, monkeypatch) as config:
+        yield {**config, "prefix": "determined", "temp_dir": str(tmp_path / "cloud-temp")}
+
+
+def stored(config: dict) -> dict[str, Any]:
+    """The bucket's objects: key -> a function reading its bytes."""
+    if config["type"] == "s3":
+        import boto3
+
+        items = boto3.resource("s3").Bucket(config["bucket"]).objects.all()
+        return {item.key: (lambda item=item: item.get()["Body"].read()) for item in items}
+    from google.cloud import storage as gcs
+
+    return {blob.name: blob.download_as_bytes for blob in gcs.Client().bucket(config["bucket"]).list_blobs()}
 
 
 def newest_checkpoint_in(config: dict) -> tuple[str, dict]:
     """``newest_checkpoint`` for a bucket: the progress checkpoint with the most steps, and its metadata."""
-    import boto3
-
     found = []
-    for item in boto3.resource("s3").Bucket(config["bucket"]).objects.filter(Prefix=config["prefix"] + "/"):
-        if item.key.endswith("/metadata.json"):
-            metadata = json.loads(item.get()["Body"].read())
+    for key, read in stored(config).items():
+        if key.startswith(config["prefix"] + "/") and key.endswith("/metadata.json"):
+            metadata = json.loads(read())
             if "steps_completed" in metadata:
-                found.append((metadata["steps_completed"], item.key.split("/")[-2], metadata))
+                found.append((metadata["steps_completed"], key.split("/")[-2], metadata))
     steps, storage_id, metadata = max(found, key=lambda entry: entry[0])
     return storage_id, metadata
 
 
-def test_on_s3_storage_the_job_resumes_from_its_checkpoint_in_the_bucket_and_writes_local_dedups_outputs(
+def test_on_s3_or_gcs_storage_the_job_resumes_from_its_checkpoint_in_the_bucket_and_writes_local_dedups_outputs(
     folder, tmp_path, bucket
 ):
-    """The stop-and-resume run above with ``checkpoint_storage: {type: s3}`` (determined's
-    S3StorageManager on moto's mock): shards uploaded to the bucket, the resume reads its progress
-    checkpoint from it, the chief downloads every shard through the storage manager; the outputs
-    equal an uninterrupted shared_fs run's bit for bit and local dedup's."""
+    """The stop-and-resume run above with ``checkpoint_storage`` of type s3 or gcs (determined's own
+    storage managers on moto's mock or the GCS emulator): shards uploaded to the bucket, the resume
+    reads its progress checkpoint from it, the chief downloads every shard through the storage
+    manager and refuses a shard cut short there in one line, writing nothing; after the shard is
+    whole again, the outputs equal an uninterrupted shared_fs run's bit for bit and local dedup's."""
     from determined.common import storage
 
     hparams = settings_for(folder, tmp_path / "whole")
@@ -261,7 +291,18 @@ def test_on_s3_storage_the_job_resumes_from_its_checkpoint_in_the_bucket_and_wri
     assert metadata["steps_completed"] == 2 and not (tmp_path / "resumed").exists()
     shards = f"determined/{metadata['default_output_uuid']}/rank_0/"
     first_two = [shards + "shard-r000-b00000000-00000001.npz", shards + "shard-r000-b00000002-00000003.npz"]
-    assert set(first_two + [key + ".sha256" for key in first_two]) <= set(bucket_keys(bucket))
+    assert set(first_two + [key + ".sha256" for key in first_two]) <= set(stored(bucket))
+    payload, manager = stored(bucket)[first_two[0]](), storage.build(bucket, None)
+    put = tmp_path / "put" / "rank_0"
+    put.mkdir(parents=True)
+    (put / Path(first_two[0]).name).write_bytes(payload[: len(payload) // 2])
+    manager.upload(put.parent, metadata["default_output_uuid"])  # a shard cut short in the bucket
+    with cluster(bucket, hparams, latest=latest), pytest.raises(DataError, match="is corrupt or cut short") as caught:
+        batch.run(batch.JobSettings.from_hparams(hparams))
+    assert "\n" not in str(caught.value) and not (tmp_path / "resumed").exists()  # refused, nothing written
+    (put / Path(first_two[0]).name).write_bytes(payload)
+    manager.upload(put.parent, metadata["default_output_uuid"])
+    latest, _ = newest_checkpoint_in(bucket)  # the restart after the chief's refusal: all batches done
     with cluster(bucket, hparams, latest=latest):
         batch.run(batch.JobSettings.from_hparams(hparams))
     manifest = batch.manifest_of(batch.JobSettings.from_hparams(hparams))
@@ -282,7 +323,7 @@ class Slot:
         self._core_context, self.device = core_context, torch.device("cpu")
 
 
-def test_a_checkpoint_uuid_is_restored_from_s3_storage_and_one_not_there_is_one_line(bucket, tmp_path):
+def test_a_checkpoint_uuid_is_restored_from_cloud_storage_and_one_not_there_is_one_line(bucket, tmp_path):
     from samespace.checkpoints import TRIAL_SPEC
 
     hparams = {"learning_rate": 1e-3, "alpha": 0.9, "dropout1": 0.3, "dropout2": 0.4, "dropout3": 0.5}
@@ -292,7 +333,7 @@ def test_a_checkpoint_uuid_is_restored_from_s3_storage_and_one_not_there_is_one_
     with context.checkpoint.store_path({"steps_completed": 3}) as (folder, uuid):  # uploaded to the bucket
         (folder / "load_data.json").write_text(json.dumps({"trial_cls_spec": TRIAL_SPEC, "hparams": hparams}))
         torch.save({"models_state_dict": [saved.state_dict()]}, folder / "state_dict.pth")
-    assert f"determined/{uuid}/state_dict.pth" in bucket_keys(bucket)
+    assert f"determined/{uuid}/state_dict.pth" in stored(bucket)
     net, label = batch.load_network(
         batch.JobSettings.from_hparams(settings_for(tmp_path, tmp_path, checkpoint=uuid)), Slot(context)
     )
