@@ -272,6 +272,26 @@ def newest_checkpoint_in(config: dict) -> tuple[str, dict]:
     return storage_id, metadata
 
 
+def newest(storage: Path | dict) -> tuple[str, dict]:
+    """The newest progress checkpoint and its metadata, in a shared_fs folder or a bucket."""
+    if isinstance(storage, dict):
+        return newest_checkpoint_in(storage)
+    latest = newest_checkpoint(storage)
+    return latest, json.loads((storage / latest / "metadata.json").read_text())
+
+
+@contextlib.contextmanager
+def shards_in(storage: Path | dict, output_uuid: str) -> Iterator[Path]:
+    """The job's shards folder (``rank_*/``): in place on shared_fs, downloaded from a bucket."""
+    if not isinstance(storage, dict):
+        yield storage / output_uuid
+        return
+    from determined.common import storage as stores
+
+    with stores.build(storage, None).restore_path(output_uuid) as folder:
+        yield Path(folder)
+
+
 def test_on_s3_or_gcs_storage_the_job_resumes_from_its_checkpoint_in_the_bucket_and_writes_local_dedups_outputs(
     folder, tmp_path, bucket
 ):
@@ -287,7 +307,7 @@ def test_on_s3_or_gcs_storage_the_job_resumes_from_its_checkpoint_in_the_bucket_
         batch.run(batch.JobSettings.from_hparams(hparams))
     hparams = settings_for(folder, tmp_path / "resumed")
     run_until_the_second_checkpoint(bucket, hparams)
-    latest, metadata = newest_checkpoint_in(bucket)
+    latest, metadata = newest(bucket)
     assert metadata["steps_completed"] == 2 and not (tmp_path / "resumed").exists()
     shards = f"determined/{metadata['default_output_uuid']}/rank_0/"
     first_two = [shards + "shard-r000-b00000000-00000001.npz", shards + "shard-r000-b00000002-00000003.npz"]
@@ -302,12 +322,12 @@ def test_on_s3_or_gcs_storage_the_job_resumes_from_its_checkpoint_in_the_bucket_
     assert "\n" not in str(caught.value) and not (tmp_path / "resumed").exists()  # refused, nothing written
     (put / Path(first_two[0]).name).write_bytes(payload)
     manager.upload(put.parent, metadata["default_output_uuid"])
-    latest, _ = newest_checkpoint_in(bucket)  # the restart after the chief's refusal: all batches done
+    latest, _ = newest(bucket)  # the restart after the chief's refusal: all batches done
     with cluster(bucket, hparams, latest=latest):
         batch.run(batch.JobSettings.from_hparams(hparams))
     manifest = batch.manifest_of(batch.JobSettings.from_hparams(hparams))
-    with storage.build(bucket, None).restore_path(metadata["default_output_uuid"]) as downloaded:
-        resumed = batch.read_shards(Path(downloaded), manifest)
+    with shards_in(bucket, metadata["default_output_uuid"]) as downloaded:
+        resumed = batch.read_shards(downloaded, manifest)
     whole = batch.read_shards(output_shards(tmp_path / "whole-storage"), manifest)
     assert_resumed_as_whole(resumed, whole, manifest, tmp_path / "resumed", tmp_path / "whole")
     assert_same_outputs(tmp_path / "resumed", local_outputs(folder, tmp_path / "local"), small_network())
@@ -440,7 +460,7 @@ if stop_at:  # this worker hangs at a batch, as a stuck or dying node does, unti
             time.sleep(600)
         return real(self, images, desc)
     batch.scoring.Embedder.backbone = backbone
-with test_batch.cluster(Path({storage!r}), hparams, slots=2, latest=latest, distributed=distributed):
+with test_batch.cluster({storage}, hparams, slots=2, latest=latest, distributed=distributed):
     batch.run(batch.JobSettings.from_hparams(hparams))
 print("done", flush=True)
 """
@@ -470,19 +490,31 @@ def two_workers(code: str, latest: str, stop_at: tuple[int, int]) -> list[subpro
     ]
 
 
-def test_two_workers_on_loopback_killed_and_restarted_give_every_photo_once(folder, tmp_path):
+@pytest.mark.parametrize("kind", ["shared_fs", "gcs"])
+def test_two_workers_on_loopback_killed_and_restarted_give_every_photo_once(folder, tmp_path, monkeypatch, kind):
     """2 processes with Determined's ZMQ DistributedContext on 127.0.0.1; worker 1 is killed in
     its 4th batch, the other with it (as Determined restarts the whole trial); the restart from the
     newest progress checkpoint gives every photo exactly once, bit-identical to an uninterrupted
-    run (one slot: the same batches), and the outputs of local dedup."""
-    storage, whole_storage = tmp_path / "storage", tmp_path / "whole-storage"
+    run (one slot: the same batches), and the outputs of local dedup. On gcs both workers share
+    the GCS emulator and one temporary folder, as two slots of a node do."""
+    with contextlib.ExitStack() as stack:
+        if kind == "gcs":
+            config = stack.enter_context(gcs_bucket(tmp_path, monkeypatch))
+            storage = {**config, "prefix": "determined", "temp_dir": str(tmp_path / "cloud-temp")}
+        else:
+            storage = tmp_path / "storage"
+        two_workers_killed_and_restarted(folder, tmp_path, storage)
+
+
+def two_workers_killed_and_restarted(folder: Path, tmp_path: Path, storage: Path | dict) -> None:
     places = dict(tests=str(PROJECT / "tests"), project=str(PROJECT), folder=str(folder))
+    where = repr(storage) if isinstance(storage, dict) else f"Path({str(storage)!r})"
 
-    def script(where: Path, output: Path) -> str:
+    def script(output: Path) -> str:
         pub, pull = free_ports(2)
-        return TWO_SLOTS.format(**places, storage=str(where), output=str(output), pub=pub, pull=pull)
+        return TWO_SLOTS.format(**places, storage=where, output=str(output), pub=pub, pull=pull)
 
-    first = two_workers(script(storage, tmp_path / "job"), "", (0, 4))
+    first = two_workers(script(tmp_path / "job"), "", (0, 4))
     try:
         lines = iter(first[1].stdout.readline, "")  # Determined logs to stdout too
         assert any(line.strip() == "stuck" for line in lines)
@@ -490,22 +522,27 @@ def test_two_workers_on_loopback_killed_and_restarted_give_every_photo_once(fold
         for process in first:
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=60)
-    latest = newest_checkpoint(storage)
-    assert latest is not None and json.loads((storage / latest / "metadata.json").read_text())["steps_completed"] == 2
-    for process in two_workers(script(storage, tmp_path / "job"), latest, (0, 0)):
+    latest, metadata = newest(storage)
+    assert metadata["steps_completed"] == 2
+    for process in two_workers(script(tmp_path / "job"), latest, (0, 0)):
         out, err = process.communicate(timeout=300)
         assert process.returncode == 0 and out.strip().endswith("done"), err[-2000:]
+    whole_storage = tmp_path / "whole-storage"
     hparams = settings_for(folder, tmp_path / "whole", catalogue=False)
     with cluster(whole_storage, hparams):  # one slot, uninterrupted: the same batches of 4
         batch.run(batch.JobSettings.from_hparams(hparams))
     manifest = batch.manifest_of(batch.JobSettings.from_hparams(settings_for(folder, tmp_path / "job")))
-    resumed = batch.read_shards(output_shards(storage), manifest)
+    with shards_in(storage, metadata["default_output_uuid"]) as shards:
+        resumed = batch.read_shards(shards, manifest)
+        assert {p.name for p in shards.iterdir()} == {"rank_0", "rank_1"}
     whole = batch.read_shards(output_shards(whole_storage), manifest)
     assert sorted(resumed["ids"].tolist() + resumed["skipped_ids"].tolist()) == list(range(len(manifest.paths)))
     for key in ("ids", "sha256", "first", "second"):
         assert np.array_equal(resumed[key], whole[key]), key
-    assert {p.name for p in output_shards(storage).iterdir()} == {"rank_0", "rank_1"}
     assert_same_outputs(tmp_path / "job", local_outputs(folder, tmp_path / "local"), small_network())
+    if isinstance(storage, dict):
+        left = [p for p in Path(storage["temp_dir"]).rglob("*") if p.is_file()]
+        assert not left, left  # no worker's local copy is left behind
 
 
 def test_dedup_yaml_is_a_valid_job_and_the_entry_point_refuses_to_run_off_cluster(tmp_path):
