@@ -51,6 +51,11 @@ def storage_config(storage: Path | dict) -> dict:
     return storage if isinstance(storage, dict) else {"type": "shared_fs", "host_path": str(storage)}
 
 
+def storage_argument(storage: Path | dict) -> str | dict:
+    """What ``core._dummy_init`` takes: shared_fs only as a folder string, cloud storage as a dict."""
+    return storage if isinstance(storage, dict) else str(storage)
+
+
 def fake_info(storage: Path | dict, hparams: dict, slots: int, latest: str | None) -> det.ClusterInfo:
     """A ClusterInfo as Determined's tests make it (tests/launch/test_util.make_mock_cluster_info)."""
     config = {"checkpoint_storage": storage_config(storage), "hyperparameters": hparams}
@@ -71,12 +76,12 @@ def cluster(
     storage: Path | dict, hparams: dict, slots: int = 1, latest: str | None = None, distributed=None
 ) -> Iterator:
     """Determined's off-cluster route: the fake ClusterInfo and core._dummy_init on ``storage`` (a
-    shared_fs folder, or an s3 config dict: _dummy_init takes shared_fs only as a string)."""
+    shared_fs folder, or an s3/gcs config dict)."""
     saved_info, saved_init = det._info._info, _torch_batch_process._initialize_default_inference_context
     saved_load = batch.load_network
     det._info._info = fake_info(storage, hparams, slots, latest)
     _torch_batch_process._initialize_default_inference_context = lambda _: core._dummy_init(
-        distributed=distributed, checkpoint_storage=storage if isinstance(storage, dict) else str(storage)
+        distributed=distributed, checkpoint_storage=storage_argument(storage)
     )
     batch.load_network = lambda settings, context: (small_network(), LABEL)
     try:
@@ -239,13 +244,22 @@ def gcs_bucket(tmp_path: Path, monkeypatch) -> Iterator[dict]:
         server.stop()
 
 
-@pytest.fixture(params=["s3", "gcs"])
-def bucket(request, tmp_path, monkeypatch) -> Iterator[dict]:
-    """Cloud checkpoint storage, no network: determined's own S3/GCS storage managers on an
-    in-process mock or a loopback emulator; their local copies go to ``temp_dir``."""
-    made = s3_bucket if request.param == "s3" else gcs_bucket
+@contextlib.contextmanager
+def checkpoint_storage(kind: str, tmp_path: Path, monkeypatch) -> Iterator[Path | dict]:
+    """A shared_fs folder, or cloud storage without a network: determined's own S3/GCS storage
+    managers on an in-process mock or a loopback emulator, their local copies in ``temp_dir``."""
+    if kind == "shared_fs":
+        yield tmp_path / "storage"
+        return
+    made = s3_bucket if kind == "s3" else gcs_bucket
     with made(tmp_path, monkeypatch) as config:
         yield {**config, "prefix": "determined", "temp_dir": str(tmp_path / "cloud-temp")}
+
+
+@pytest.fixture(params=["s3", "gcs"])
+def bucket(request, tmp_path, monkeypatch) -> Iterator[dict]:
+    with checkpoint_storage(request.param, tmp_path, monkeypatch) as config:
+        yield config
 
 
 def stored(config: dict) -> dict[str, Any]:
@@ -343,24 +357,34 @@ class Slot:
         self._core_context, self.device = core_context, torch.device("cpu")
 
 
-def test_a_checkpoint_uuid_is_restored_from_cloud_storage_and_one_not_there_is_one_line(bucket, tmp_path):
+@pytest.mark.parametrize("kind", ["shared_fs", "s3", "gcs"])
+def test_a_checkpoint_uuid_is_restored_from_checkpoint_storage_and_one_not_there_is_one_line(
+    tmp_path, monkeypatch, kind
+):
     from samespace.checkpoints import TRIAL_SPEC
 
     hparams = {"learning_rate": 1e-3, "alpha": 0.9, "dropout1": 0.3, "dropout2": 0.4, "dropout3": 0.5}
     torch.manual_seed(3)
     saved = SiameseNet(pretrained=False, dropouts=(0.3, 0.4, 0.5)).eval()
-    context = core._dummy_init(checkpoint_storage=bucket)
-    with context.checkpoint.store_path({"steps_completed": 3}) as (folder, uuid):  # uploaded to the bucket
-        (folder / "load_data.json").write_text(json.dumps({"trial_cls_spec": TRIAL_SPEC, "hparams": hparams}))
-        torch.save({"models_state_dict": [saved.state_dict()]}, folder / "state_dict.pth")
-    assert f"determined/{uuid}/state_dict.pth" in stored(bucket)
+    with checkpoint_storage(kind, tmp_path, monkeypatch) as storage:
+        context = core._dummy_init(checkpoint_storage=storage_argument(storage))
+        with context.checkpoint.store_path({"steps_completed": 3}) as (folder, uuid):  # uploaded on exit
+            (folder / "load_data.json").write_text(json.dumps({"trial_cls_spec": TRIAL_SPEC, "hparams": hparams}))
+            torch.save({"models_state_dict": [saved.state_dict()]}, folder / "state_dict.pth")
+        if isinstance(storage, dict):
+            assert f"determined/{uuid}/state_dict.pth" in stored(storage)
+        restored_and_refused(saved, uuid, context, storage, tmp_path)
+
+
+def restored_and_refused(saved: SiameseNet, uuid: str, context: core.Context, storage, tmp_path: Path) -> None:
     net, label = batch.load_network(
         batch.JobSettings.from_hparams(settings_for(tmp_path, tmp_path, checkpoint=uuid)), Slot(context)
     )
     assert label == uuid and net.preprocessing == saved.preprocessing
     loaded = net.state_dict()
     assert all(torch.equal(loaded[name], tensor) for name, tensor in saved.state_dict().items())
-    assert not [p for p in Path(bucket["temp_dir"]).rglob("*") if p.is_file()]  # the download is removed
+    if isinstance(storage, dict):
+        assert not [p for p in Path(storage["temp_dir"]).rglob("*") if p.is_file()]  # the download is removed
     for wrong, message in [
         ("0b9b6f1e-1c1d-4d6e-9f3a-5a6b7c8d9e0f", r"not in this experiment's checkpoint storage \(Did not find"),
         (uuid[:8], r"neither a checkpoint folder every slot sees nor a checkpoint UUID$"),
@@ -497,12 +521,7 @@ def test_two_workers_on_loopback_killed_and_restarted_give_every_photo_once(fold
     newest progress checkpoint gives every photo exactly once, bit-identical to an uninterrupted
     run (one slot: the same batches), and the outputs of local dedup. On gcs both workers share
     the GCS emulator and one temporary folder, as two slots of a node do."""
-    with contextlib.ExitStack() as stack:
-        if kind == "gcs":
-            config = stack.enter_context(gcs_bucket(tmp_path, monkeypatch))
-            storage = {**config, "prefix": "determined", "temp_dir": str(tmp_path / "cloud-temp")}
-        else:
-            storage = tmp_path / "storage"
+    with checkpoint_storage(kind, tmp_path, monkeypatch) as storage:
         two_workers_killed_and_restarted(folder, tmp_path, storage)
 
 
