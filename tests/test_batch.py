@@ -221,7 +221,8 @@ def s3_bucket(tmp_path: Path, monkeypatch) -> Iterator[dict]:
             "AWS_CONFIG_FILE": str(tmp_path / "no-config")}  # fmt: skip
     for name, value in fake.items():  # never the user's own credentials or endpoints
         monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
     with moto.mock_aws():
         boto3.client("s3").create_bucket(Bucket="samespace-test")
         yield {"type": "s3", "bucket": "samespace-test"}
