@@ -119,7 +119,7 @@ def find_candidates(
     if search == "all":
         a, b = scoring.all_upper_pairs(n)
     else:
-        table = candidates.nearest_neighbours(candidates.search_vectors(first, second), neighbours, method=index)
+        table = candidates.tower_neighbours(first, second, neighbours, method=index)
         a, b = candidates.candidate_pairs(table)
     return a, b, search
 
@@ -393,8 +393,9 @@ def embed_photos(
     # bfloat16 trunk on CUDA, where it scores alike; engine_name: onnxruntime on the CPU (engine.py)
     embedder = scoring.Embedder(net, device, autocast=True, engine_name=engine_name)
     # Byte-identical copies first: only one of each group is decoded and scored (O(copies)).
-    kept = read_representatives(folder, listing, lambda files: scoring.features_of_files(embedder, files))
-    first, second = embedder.embed(kept.read)
+    # each chunk's trunk features go through the towers at once, so only embeddings stay
+    kept = read_representatives(folder, listing, lambda files: scoring.features_of_files(embedder, files, towers=True))
+    first, second = kept.read
     index_of, copies_of = kept.index_of, kept.copies.copies_of
     return Embedded(
         folder,
