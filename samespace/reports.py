@@ -537,14 +537,18 @@ def write_dedup_html(
 
     report_folder = Path(path).parent
     groups = sorted(groups, key=lambda members: (-len(members), min(members)))
-    members_in_groups = [m for members in groups for m in members]
     copy_of = {b: a for a, b in identical}  # an identical copy shows its first file's thumbnail
-    drawn = [m for m in members_in_groups if m not in copy_of]
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL
-        thumbnails = dict(zip(drawn, pool.map(lambda m: _thumbnail_or_reason(folder / names[m]), drawn)))
-    for member in (m for m in members_in_groups if m in copy_of):
-        shared = thumbnails.get(copy_of[member], "")
-        thumbnails[member] = shared if shared.startswith("data:") else _thumbnail_or_reason(folder / names[member])
+    thumbnails: dict[int, str] = {}  # only the page being written: each page's are dropped after it
+
+    def draw(members: list[int]) -> None:
+        thumbnails.clear()
+        page = set(members)
+        drawn = [m for m in members if m not in copy_of or copy_of[m] not in page]
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL
+            thumbnails.update(zip(drawn, pool.map(lambda m: _thumbnail_or_reason(folder / names[m]), drawn)))
+        for member in (m for m in members if m not in thumbnails):
+            shared = thumbnails.get(copy_of[member], "")
+            thumbnails[member] = shared if shared.startswith("data:") else _thumbnail_or_reason(folder / names[member])
 
     group_of = {member: number for number, members in enumerate(groups) for member in members}
     rows: list[list[tuple[float, int, int]]] = [[] for _ in groups]
@@ -558,7 +562,7 @@ def write_dedup_html(
         name, thumbnail = names[member], thumbnails[member]
         mark = "<strong class='kept'>keep</strong> " if member in kept else ""
         detail = f"<br><small class='facts'>{esc(details[member])}</small>" if details and member in details else ""
-        detail += best_match_html(member, (best_matches or {}).get(member), names, thumbnails, identical)
+        detail += best_match_html(member, (best_matches or {}).get(member), names, group_of, identical)
         picture = (
             f"<img src='{thumbnail}' alt='{shown(name)}'>"
             if thumbnail.startswith("data:")
@@ -621,32 +625,36 @@ def write_dedup_html(
         + (LOOK_NOTE if borderline else ". ")
         + "duplicates.json and pairs.csv next to this page have every result.</p></header><main>",
     ]
-    for page_number, page in enumerate(pages_of(groups), 1):
-        smallest, largest = len(groups[page[-1]]), len(groups[page[0]])
-        sizes = f"{smallest:,}–{largest:,}" if smallest != largest else f"{largest:,}"
-        which = f"Groups {page[0] + 1:,}–{page[-1] + 1:,}" if len(page) > 1 else f"Group {page[0] + 1:,}"
-        body = f"<div class='groups'>{''.join(group_html(n + 1, groups[n], rows[n]) for n in page)}</div>"
-        parts.append(
-            f"<details class='page' id='page{page_number}'{' open' if page_number == 1 else ''}>"
-            f"<summary>{which} of {len(groups):,} ({sizes} photos{' each' * (len(page) > 1)})</summary>"
-            + (body if page_number == 1 else f"<script type='text/html'>{body}</script>{NO_SCRIPT}")
-            + "</details>"
-        )
-    if not groups:
-        parts.append("<p id='no-groups'>No duplicates above the threshold.</p>")
-    if borderline and threshold is not None:
-        parts.append(borderline_html(folder, report_folder, names, borderline, threshold, identical))
-    if unreadable:
+    with atomic_write(path, "w", encoding="utf-8") as handle:  # page by page: the page is never held whole
+        handle.write("\n".join(parts))
+        for page_number, page in enumerate(pages_of(groups), 1):
+            draw([m for n in page for m in groups[n]])  # this page's thumbnails only
+            smallest, largest = len(groups[page[-1]]), len(groups[page[0]])
+            sizes = f"{smallest:,}–{largest:,}" if smallest != largest else f"{largest:,}"
+            which = f"Groups {page[0] + 1:,}–{page[-1] + 1:,}" if len(page) > 1 else f"Group {page[0] + 1:,}"
+            body = f"<div class='groups'>{''.join(group_html(n + 1, groups[n], rows[n]) for n in page)}</div>"
+            handle.write(
+                f"\n<details class='page' id='page{page_number}'{' open' if page_number == 1 else ''}>"
+                f"<summary>{which} of {len(groups):,} ({sizes} photos{' each' * (len(page) > 1)})</summary>"
+                + (body if page_number == 1 else f"<script type='text/html'>{body}</script>{NO_SCRIPT}")
+                + "</details>"
+            )
+        thumbnails.clear()
+        parts = []
+        if not groups:
+            parts.append("<p id='no-groups'>No duplicates above the threshold.</p>")
+        if borderline and threshold is not None:
+            parts.append(borderline_html(folder, report_folder, names, borderline, threshold, identical))
+        if unreadable:
 
-        def where(skipped: Skipped) -> str:
-            return str(skipped.path.relative_to(folder) if skipped.path.is_relative_to(folder) else skipped.path)
+            def where(skipped: Skipped) -> str:
+                return str(skipped.path.relative_to(folder) if skipped.path.is_relative_to(folder) else skipped.path)
 
-        items = "".join(f"<li>{shown(where(s))}: {shown(s.reason)}</li>" for s in unreadable)
-        parts.append(
-            f"<section class='skipped' id='skipped'><h2>Skipped files ({len(unreadable):,})</h2>"
-            f"<ul>{items}</ul></section>"
-        )
-    parts.append(f"</main><script>{SCRIPT}</script></body></html>")
-    with atomic_write(path, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(parts) + "\n")
+            items = "".join(f"<li>{shown(where(s))}: {shown(s.reason)}</li>" for s in unreadable)
+            parts.append(
+                f"<section class='skipped' id='skipped'><h2>Skipped files ({len(unreadable):,})</h2>"
+                f"<ul>{items}</ul></section>"
+            )
+        parts.append(f"</main><script>{SCRIPT}</script></body></html>")
+        handle.write("".join("\n" + part for part in parts) + "\n")
     return path
