@@ -171,7 +171,12 @@ def knn_ivfpq(vectors: torch.Tensor, k: int, nprobe: int = NPROBE, block: int = 
 
 
 def knn_ivfpq_of(
-    n: int, dim: int, rows_of: Callable[[Any], np.ndarray], k: int, nprobe: int = NPROBE, block: int = 20_000,
+    n: int,
+    dim: int,
+    rows_of: Callable[[Any], np.ndarray],
+    k: int,
+    nprobe: int = NPROBE,
+    block: int = 20_000,
     seed: int = 0,
 ) -> np.ndarray:
     """``knn_ivfpq`` of n vectors that ``rows_of(rows)`` gives a slice or sorted index array at a
