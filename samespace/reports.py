@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Iterable, Iterator, Sequence
 from urllib.parse import quote
 
 import numpy as np
@@ -182,6 +182,19 @@ def write_json(path: Path, payload: object) -> Path:
     text = to_json(payload)
     with atomic_write(path, "w", encoding="utf-8") as handle:
         handle.write(text)
+    return path
+
+
+def write_json_items(path: Path, items: Iterable[tuple[str, object]]) -> Path:
+    """A JSON object written one member at a time, the text ``write_json`` would write for
+    ``dict(items)``, without holding the whole object or its text."""
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        empty = True
+        for key, value in items:
+            member = to_json({key: value})[2:-3]  # '{\n  "key": ...\n}\n' less its braces
+            handle.write(("{\n" if empty else ",\n") + member)
+            empty = False
+        handle.write("{}\n" if empty else "\n}\n")
     return path
 
 
@@ -506,12 +519,39 @@ def pages_of(groups: Sequence[Sequence[int]]) -> list[range]:
     return pages
 
 
+class GroupRows:
+    """Each group's (score, first, second) pairs, built when its group is written: the pairs are
+    kept as arrays sorted by group, not as a Python tuple per pair."""
+
+    def __init__(
+        self,
+        pair_scores: dict[tuple[int, int], float] | tuple[np.ndarray, np.ndarray, np.ndarray],
+        group_of: dict[int, int],
+        count: int,
+    ):
+        if isinstance(pair_scores, dict):
+            a, b = (np.array([pair[side] for pair in pair_scores], dtype=np.int64) for side in (0, 1))
+            s = np.array(list(pair_scores.values()), dtype=np.float64)
+        else:
+            a, b, s = (np.asarray(column) for column in pair_scores)
+        number = np.full(max(count, 1), -1, dtype=np.int64)
+        number[list(group_of)] = list(group_of.values())
+        joined = np.flatnonzero((number[a] >= 0) & (number[a] == number[b])) if len(a) else np.zeros(0, np.int64)
+        order = joined[np.argsort(number[a[joined]], kind="stable")]  # groups are joined by these pairs
+        self.a, self.b, self.s = a[order], b[order], s[order]
+        self.bounds = np.searchsorted(number[self.a], np.arange(len(set(group_of.values())) + 1))
+
+    def __getitem__(self, group: int) -> list[tuple[float, int, int]]:
+        span = range(self.bounds[group], self.bounds[group + 1])
+        return [(float(self.s[k]), int(self.a[k]), int(self.b[k])) for k in span]
+
+
 def write_dedup_html(
     path: Path,
     folder: Path,
     names: Sequence[str],
     groups: Sequence[Sequence[int]],
-    pair_scores: dict[tuple[int, int], float],
+    pair_scores: dict[tuple[int, int], float] | tuple[np.ndarray, np.ndarray, np.ndarray],
     unreadable: Sequence[Skipped],
     summary: dict,
     identical: set[tuple[int, int]] = frozenset(),
@@ -551,10 +591,7 @@ def write_dedup_html(
             thumbnails[member] = shared if shared.startswith("data:") else _thumbnail_or_reason(folder / names[member])
 
     group_of = {member: number for number, members in enumerate(groups) for member in members}
-    rows: list[list[tuple[float, int, int]]] = [[] for _ in groups]
-    for (a, b), score in pair_scores.items():
-        if a in group_of and group_of.get(b) == group_of[a]:  # groups are joined by these pairs
-            rows[group_of[a]].append((score, a, b))
+    rows = GroupRows(pair_scores, group_of, len(names))
 
     kept = {members[0] for members in groups}
 
