@@ -173,6 +173,8 @@ def bench_against(quick: bool, row: Callable[..., None], target: Callable[..., N
         target("against_10000_speedup", f"{ratio:.0f}x", ">= 50x", ratio >= 50 and set(mine) == with_new)
 
 
+MEMORY_SIZES = {True: (1_000, 5_000), False: (5_000, 30_000)}  # photos: --quick, full
+
 PEAK_SCRIPT = """
 import resource, runpy, sys
 sys.argv = sys.argv[1:]
@@ -229,7 +231,7 @@ def bench_memory(quick: bool, row: Callable[..., None], target: Callable[..., No
     import tempfile
     from pathlib import Path
 
-    small, big = (1_000, 5_000) if quick else (5_000, 30_000)
+    small, big = MEMORY_SIZES[quick]
     with tempfile.TemporaryDirectory(prefix="samespace-memory-") as tmp:
         root = Path(tmp)
         env = dict(os.environ, XDG_CACHE_HOME=str(root / "cache"))
