@@ -320,6 +320,8 @@ def open_catalogue(args: argparse.Namespace, net: Any) -> Any:
         return None
     kept = catalogue.load(args.against)
     catalogue.check_identity(kept, net)
+    if args.search == "knn":
+        catalogue.check_neighbours(kept, args.neighbours)
     return kept
 
 
@@ -358,7 +360,7 @@ def run_dedup(args: argparse.Namespace) -> None:
     if kept is None:
         result = dedup.dedup_embedded(embedded, net.head, index=args.index, **ranking)
     else:
-        result, rows, both = catalogue.against(kept, embedded, net.head, **ranking)
+        result, addition = catalogue.against(kept, embedded, net.head, **ranking)
     summary = dedup.write_outputs(
         result,
         args.folder,
@@ -370,9 +372,9 @@ def run_dedup(args: argparse.Namespace) -> None:
         threshold_source=source,
     )
     if args.save_catalogue:
-        catalogue.append(args.save_catalogue, net, *catalogue.rows_of(embedded), None)
+        catalogue.save(args.save_catalogue, net, embedded, neighbours=args.neighbours, index=args.index)
     elif args.add:
-        catalogue.append(args.against, net, rows, both, kept)
+        catalogue.append(args.against, net, addition, kept)
     print(
         f"{plural(len(result.names), 'photo')}, {plural(summary['groups'], 'duplicate group')}, "
         f"{plural(summary['duplicate pairs'], 'duplicate pair')} at >= {args.threshold} "
@@ -531,7 +533,10 @@ def build_parser() -> Parser:
     )
     dd.add_argument("--force", action="store_true", help="overwrite reports in a non-empty output folder")
     dd.add_argument(
-        "--save-catalogue", type=Path, metavar="DIR", help="keep the photos' embeddings in DIR (a new folder)"
+        "--save-catalogue",
+        type=Path,
+        metavar="DIR",
+        help="keep the photos' embeddings and each one's --neighbours nearest similarities in DIR (a new folder)",
     )
     dd.add_argument(
         "--against", type=Path, metavar="DIR", help="score the photos against the catalogue in DIR (not re-embedded)"

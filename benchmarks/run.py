@@ -513,14 +513,33 @@ def engine_start_up(folder: Path) -> tuple[Any, float, float]:
     return runner, cold, warm
 
 
+def openvino_trunk(threads: int) -> tuple[Any, str]:
+    """The trunk's ONNX export compiled by OpenVINO with float32 forced (its default on AMX CPUs is
+    bfloat16, which moved features by about a fifth of their size in issue 14), for the engine
+    choice: (runner or None, why not). OpenVINO is a benchmark-only package (requirements-dev.txt)."""
+    from samespace import engine
+
+    try:
+        import openvino
+    except ImportError:
+        return None, "not measured: openvino is not installed (pip install -r requirements-dev.txt)"
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "trunk.onnx"
+        path.write_bytes(engine.export_bytes(trunk_under_test()))
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+        compiled = openvino.Core().compile_model(str(path), "CPU", config)
+    return (lambda x: torch.from_numpy(compiled(x.numpy())[0])), "measured"
+
+
 def trunk_rates(
-    device: torch.device, batches: int, autocast: bool = False, runner: Any = None
+    device: torch.device, batches: int, autocast: bool = False, runner: Any = None, openvino: Any = None
 ) -> dict[str, float]:
     """Images per second of the trunk alone (float input ready on the device, NCHW and
     channels_last) and of our trunk path (``features.trunk_features``: uint8 photos in, copy and
     preprocessing included), batch 64 on the CPU and 256 on a GPU. The three are timed batch by
     batch in turn, so that a busy machine slows them alike; each rate is the median batch's.
-    ``runner`` (``engine.load`` of this trunk) adds the trunk alone through it, in the same turns."""
+    ``runner`` (``engine.load`` of this trunk) and ``openvino`` (``openvino_trunk``) add the trunk
+    alone through them, in the same turns."""
     torch.manual_seed(0)
     trunk = trunk_under_test().to(device).eval()
     fast = features.inference_trunk(trunk, device)
@@ -540,6 +559,8 @@ def trunk_rates(
     }
     if runner is not None:
         runs["trunk alone, onnxruntime"] = lambda: runner(nchw)
+    if openvino is not None:
+        runs["trunk alone, OpenVINO float32"] = lambda: openvino(nchw)
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     for round_ in range(batches + 1):
         for name, run in runs.items():
@@ -668,9 +689,15 @@ def bench_cpu(quick: bool, imagededup_python: str | None) -> None:
     row("cpu", "engine start-up, cold cache (ONNX export + session)", f"{cold_s:.1f} s")
     row("cpu", "engine start-up, warm cache (read + checksum + session)", f"{warm_s:.2f} s")
     target("cpu_engine_start_up_warm_cache", f"{warm_s:.2f} s", "< 5 s", warm_s < 5)
-    rates = trunk_rates(cpu, batches=3 if quick else 8, runner=runner)
+    openvino, openvino_how = openvino_trunk(torch.get_num_threads())
+    rates = trunk_rates(cpu, batches=3 if quick else 8, runner=runner, openvino=openvino)
     for name, rate in rates.items():
         row("cpu", f"{name} (batch 64, inference mode)", f"{rate:.1f} img/s")
+    if openvino is None:
+        row("cpu", "trunk alone, OpenVINO float32", openvino_how)
+    elif runner is not None:  # the engine choice of issue 14: onnxruntime unless OpenVINO beats it here
+        ratio = rates["trunk alone, OpenVINO float32"] / rates["trunk alone, onnxruntime"]
+        row("cpu", "trunk through OpenVINO float32 over onnxruntime (> 1: OpenVINO faster)", f"{ratio:.2f}x")
     if runner is None:
         target("cpu_trunk_onnxruntime_over_torch_channels_last", "not measured: the engine fell back", ">= 3x", None)
     else:

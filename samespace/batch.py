@@ -8,7 +8,7 @@ of its file and both towers' float32 embeddings, or why it was skipped. A restar
 newest progress checkpoint, replays the batches after it and overwrites their shards under the same
 names (delivery is at-least-once; a replay writes the same bytes). When every worker is done, the
 chief reads all shards back, checks that every photo id is there exactly once, and runs local
-dedup's own stages (``dedup.dedup_embedded`` and ``dedup.write_outputs``; ``catalogue.append`` for
+dedup's own stages (``dedup.dedup_embedded`` and ``dedup.write_outputs``; ``catalogue.save`` for
 the catalogue): the job adds only the sharding.
 
 Private names of determined 0.38.1 this module relies on (pinned in requirements.txt):
@@ -253,7 +253,7 @@ def finish(
     if settings.catalogue:
         kept = settings.output / "catalogue"
         if not (kept / catalogue.INDEX).exists():  # a restart after the chief's last step: kept already
-            catalogue.append(kept, net, *catalogue.rows_of(embedded), None)
+            catalogue.save(kept, net, embedded, neighbours=settings.neighbours, index=settings.index)
     logger.info("dedup job: %d photos, %d groups, outputs in %s", summary["photos"], summary["groups"], settings.output)
     return summary
 

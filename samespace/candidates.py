@@ -15,10 +15,12 @@ that divides away as the folder grows. (PQ64 codes would be 72 bytes, but faiss-
 training did not finish in minutes on this shared machine, so SQ8 it is.)
 ``index_bytes(index) / index.ntotal`` is the serialised size per photo. ``NPROBE`` cells are
 searched per query: recall of planted duplicate pairs against exact search is at least 0.99 on
-128-d look-alike vectors (tests/test_candidates.py) and on 100,000 synthetic 2,560-d ones
-(``benchmarks/run.py --quick --sections scale``). The index is trained on a seeded sample, filled
-and searched blockwise (``compressed_index``, ``add_blocks``, ``search_blocks``), so a caller never
-needs all float32 vectors in memory at once.
+128-d look-alike vectors (tests/test_candidates.py) and on 100,000 and 1,000,000 synthetic 2,560-d
+ones (``benchmarks/run.py [--quick] --sections scale-index``; 205 B a photo at 1,000,000). The index
+is trained on a seeded sample, filled and searched blockwise (``compressed_index``, ``add_blocks``,
+``search_blocks``), so a caller never needs all float32 vectors in memory at once. Past one
+machine, workers fill ``shard``s (copies of one trained index, global ids) and ``merge_shards``
+joins them on disk with faiss's ``merge_ondisk``.
 """
 
 from __future__ import annotations
@@ -162,6 +164,58 @@ def index_bytes(index) -> int:
     import faiss
 
     return int(faiss.serialize_index(index).size)
+
+
+def shard(trained, blocks: Iterable[np.ndarray], first_id: int):
+    """A worker's shard: a copy of the one trained, empty index filled with its blocks under the
+    global ids first_id, first_id + 1, ... (the rows of the worker's vectors in the whole list)."""
+    import faiss
+
+    index = faiss.clone_index(trained)
+    start = first_id
+    for block in blocks:
+        index.add_with_ids(np.ascontiguousarray(block, dtype=np.float32), np.arange(start, start + len(block)))
+        start += len(block)
+    return index
+
+
+def trained_parts(index) -> list[np.ndarray]:
+    """What training fixed in a compressed index: its projection, coarse centroids and SQ ranges."""
+    import faiss
+
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    centroids = faiss.downcast_index(ivf.quantizer).reconstruct_n(0, ivf.nlist)
+    parts = [np.array([ivf.nlist, ivf.code_size, ivf.metric_type]), centroids]
+    if hasattr(ivf, "sq"):
+        parts.append(faiss.vector_to_array(ivf.sq.trained))
+    steps = index.chain.size() if isinstance(index, faiss.IndexPreTransform) else 0
+    for step in (faiss.downcast_VectorTransform(index.chain.at(i)) for i in range(steps)):
+        parts += [faiss.vector_to_array(step.A), faiss.vector_to_array(step.b)]
+    return parts
+
+
+def merge_shards(trained, shard_paths: list[str], data_path: str):
+    """One index over the shards written by ``faiss.write_index`` (each from ``shard`` on a copy of
+    ``trained``): their inverted lists are merged into the on-disk file ``data_path`` by faiss's
+    ``merge_ondisk`` (shards read memory-mapped), and it searches as one index filled with every
+    shard's vectors. A shard trained apart is refused: its cells would mean other things. Ids are
+    the shards' own; that they do not overlap is the caller's part."""
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    if trained.ntotal:
+        raise ValueError(f"the trained index to merge into holds {trained.ntotal} vectors: give the empty trained one")
+    expected = trained_parts(trained)
+    for path in shard_paths:
+        try:
+            parts = trained_parts(faiss.read_index(str(path), faiss.IO_FLAG_MMAP))
+        except RuntimeError as error:
+            raise ValueError(f"shard {path} is not a readable faiss index ({str(error).splitlines()[0]})") from None
+        if len(parts) != len(expected) or any(not np.array_equal(a, b) for a, b in zip(parts, expected)):
+            raise ValueError(f"shard {path} was not filled from this trained index: fill each from a copy of one")
+    merged = faiss.clone_index(trained)
+    merge_ondisk(merged, [str(path) for path in shard_paths], str(data_path))
+    return merged
 
 
 def knn_ivfpq(vectors: torch.Tensor, k: int, nprobe: int = NPROBE, block: int = 20_000, seed: int = 0) -> np.ndarray:

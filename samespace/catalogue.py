@@ -1,26 +1,41 @@
 """A kept catalogue: photos embedded once, then new photos checked against them.
 
 ``dedup FOLDER --save-catalogue DIR`` keeps, per photo, its manifest row (path, size, mtime,
-SHA-256) and both towers' float32 embeddings, with the identity of the network that made them
-(SHA-256 of all its weights) and its preprocessing. ``dedup NEW --against DIR`` embeds only the new
-photos and scores them against the catalogue and among themselves; ``--add`` then appends them.
+SHA-256), both towers' float32 embeddings and its ``neighbours`` largest cosine similarities to the
+other catalogue photos (k floats: what a query needs to know whether a new photo enters the photo's
+own nearest neighbours), with the identity of the network that made them (SHA-256 of all its
+weights) and its preprocessing. ``dedup NEW --against DIR`` embeds only the new photos and scores
+them against the catalogue and among themselves; ``--add`` then appends them and updates the kept
+similarities of the photos whose nearest neighbours a new photo enters.
 
-On disk, ``DIR/catalogue.json`` names the segments and each segment's SHA-256 and size; a segment
-is ``part-NNNNNN.json`` (its folder and manifest rows) and ``part-NNNNNN.npy`` ((photos, 2, D)
-float32, both towers). An add writes its segment under ``DIR/.adding/``, moves it into ``DIR``
-under a name no ``catalogue.json`` uses, and only then replaces ``catalogue.json`` (one atomic
-rename): a kill at any point leaves the catalogue as it was (the next add removes what such a kill
-left behind). No candidate index is kept: the embeddings are the catalogue, and the search over
-them is rebuilt for each query (exact, blockwise: 100 new photos against 10,000 cost one
-100 x 10,000 x 2,560 product).
+On disk, ``DIR/catalogue.json`` names the segments, the similarities file and each one's SHA-256
+and size; a segment is ``part-NNNNNN.json`` (its folder and manifest rows) and ``part-NNNNNN.npy``
+((photos, 2, D) float32, both towers); ``nearest-NNNNNN.npy`` is (photos, k) float32, every photo's
+k largest similarities, descending (``-inf`` where the catalogue has fewer photos). An add writes
+its files under ``DIR/.adding/``, moves them into ``DIR`` under names no ``catalogue.json`` uses,
+and only then replaces ``catalogue.json`` (one atomic rename): a kill at any point leaves the
+catalogue as it was (the next add removes what such a kill left behind). No candidate index is
+kept: the search over the embeddings is rebuilt for each query (exact, blockwise: 100 new photos
+against 10,000 cost one 100 x 10,000 x 2,560 product). A format-1 catalogue (made before the
+similarities were kept) is queried after computing them from its embeddings (one log line; its
+next ``--add`` stores them).
 
-A byte-identical copy keeps its own manifest row and its representative's embeddings. Candidate
-pairs of a query are the new photos against every catalogue photo and each other when the union
-has at most ``dedup.ALL_PAIRS_LIMIT`` photos (``search`` auto or all; then a built, extended and
-queried catalogue gives the pairs of one dedup over the union), else each new photo's
-``neighbours`` nearest among the catalogue and the new photos. (A catalogue photo whose own nearest
-neighbours a new photo would enter is not searched from: pairs between catalogue photos were
-scored when they were added.)
+A byte-identical copy keeps its own manifest row and its representative's embeddings and
+similarities. Candidate pairs of a query are those of one dedup over the union that involve a new
+photo. Up to ``dedup.ALL_PAIRS_LIMIT`` photos in the union (``search`` auto, or ``all``): every new
+photo against every catalogue photo and each other. Else (``knn``) a pair (new n, other m) is a
+candidate when m is among n's ``neighbours`` nearest in the union, or n among m's: for a catalogue
+photo m, n enters m's nearest when fewer than k photos of the union are more similar to m than n
+is (catalogue ones counted from m's kept similarities, new ones directly). The query's search is
+exact; the kept similarities come from dedup's own neighbour search (``candidates.nearest_neighbours``),
+exact up to ``candidates.EXACT_LIMIT`` photos. Above it that is the compressed index, whose found
+neighbours are no more similar than the true ones, so the reverse test then scores a superset of
+the exact pairs from the catalogue's side (one dedup over such a union is approximate itself).
+Ties: a new photo exactly as similar to m as m's k-th nearest counts as entering it (a pair more);
+among photos tied at a new photo's own k-th place, top-k keeps one of them, maybe not the one
+dedup's top-k keeps. Similarities within float32 rounding (about 1e-7) of each other can fall
+either way, as they can between two block sizes of dedup itself; other than that the pairs equal
+one dedup's over the union (tested).
 """
 
 from __future__ import annotations
@@ -42,7 +57,8 @@ from samespace.network import SiameseNet
 
 logger = logging.getLogger("samespace.catalogue")
 
-FORMAT = 1
+FORMAT = 2  # 2: with each photo's nearest similarities (format 1 is still read, see ``similarities_of``)
+READABLE = (1, FORMAT)
 INDEX = "catalogue.json"
 STAGING = ".adding"
 CATALOGUE_SOURCE = "catalogue"  # the source of catalogue photos in a query's pairs
@@ -69,9 +85,26 @@ class Catalogue:
     rows: list[Row]
     first: np.ndarray  # (photos, D) float32
     second: np.ndarray
+    nearest: np.ndarray | None = None  # (photos, k) float32, descending; None: a format-1 catalogue
+    nearest_file: str | None = None  # its file's name in ``folder``
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def neighbours(self) -> int:
+        """k: how many nearest similarities it keeps per photo (0 for a format-1 catalogue)."""
+        return 0 if self.nearest is None else self.nearest.shape[1]
+
+
+@dataclasses.dataclass
+class Addition:
+    """What ``append`` writes: the new photos' rows and embeddings, and every photo's (old and new)
+    nearest similarities in the new union."""
+
+    rows: list[Row]
+    both: np.ndarray  # (new photos, 2, D) float32
+    nearest: np.ndarray  # (all photos, k) float32, descending
 
 
 def identity(net: SiameseNet) -> dict[str, str]:
@@ -104,11 +137,33 @@ def rows_of(embedded: dedup.Embedded) -> tuple[list[Row], np.ndarray]:
         if digest is None or status is None:
             raise DataError(f"{printable(str(path))} vanished while it was catalogued: run again")
         rows.append(Row(str(path.resolve()), status.st_size, status.st_mtime_ns, digest))
+    both = torch.stack([embedded.first, embedded.second], dim=1).detach().float().cpu().numpy()
+    return rows, np.ascontiguousarray(both[representatives_of(embedded)])
+
+
+def representatives_of(embedded: dedup.Embedded) -> np.ndarray:
+    """Per photo of ``embedded.paths``, the row of its embeddings (its representative's for a copy)."""
     source = np.empty(len(embedded.paths), np.int64)
     for k, position in enumerate(embedded.scored):
         source[[position, *embedded.copies.get(position, [])]] = k
-    both = torch.stack([embedded.first, embedded.second], dim=1).detach().float().cpu().numpy()
-    return rows, np.ascontiguousarray(both[source])
+    return source
+
+
+@torch.inference_mode()
+def nearest_similarities(
+    first: torch.Tensor, second: torch.Tensor, k: int, index: str = "auto", block: int = 512
+) -> np.ndarray:
+    """Each photo's k largest cosine similarities to the others (descending; ``-inf`` where there
+    are fewer), of the neighbours dedup's own search finds (``candidates.nearest_neighbours``)."""
+    vectors = candidates.search_vectors(first.detach().float().cpu(), second.detach().float().cpu())
+    table = torch.as_tensor(candidates.nearest_neighbours(vectors, k, method=index))
+    out = torch.full((len(vectors), k), -torch.inf)
+    for start in range(0, len(vectors), block):
+        found = table[start : start + block]
+        similarity = torch.einsum("nd,nkd->nk", vectors[start : start + len(found)], vectors[found])
+        similarity[found == torch.arange(start, start + len(found))[:, None]] = -torch.inf  # a short list's padding
+        out[start : start + len(found), : found.shape[1]] = similarity.sort(dim=1, descending=True).values
+    return out.numpy()
 
 
 def sha256_of(path: Path) -> str:
@@ -129,9 +184,36 @@ def read_index(folder: Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise refuse(folder, f"{INDEX} is unreadable or cut short ({first_line(exc)}): rebuild it") from None
     well_formed = isinstance(payload, dict) and isinstance(payload.get("segments"), list)
-    if not well_formed or payload.get("format") != FORMAT:
+    if not well_formed or payload.get("format") not in READABLE:
         raise refuse(folder, f"{INDEX} is not a format-{FORMAT} catalogue index: rebuild it with --save-catalogue")
     return payload
+
+
+def checked_file(folder: Path, entry: dict) -> Path:
+    """A file an index entry names ({name, bytes, sha256}), after checking its size and SHA-256."""
+    name = str(entry["name"])
+    path = folder / name
+    if Path(name).name != name or not path.is_file():
+        raise refuse(folder, f"{path.name} is missing: the catalogue is incomplete; rebuild it")
+    if path.stat().st_size != int(entry["bytes"]) or sha256_of(path) != entry["sha256"]:
+        raise refuse(folder, f"{path.name} is truncated or corrupt (size or SHA-256 differs): rebuild it")
+    return path
+
+
+def read_nearest(folder: Path, payload: dict, photos: int) -> tuple[np.ndarray | None, str | None]:
+    """The kept nearest similarities (photos, k), checked; None for a format-1 catalogue."""
+    if payload["format"] == 1:
+        return None, None
+    try:
+        entry = payload["nearest"]
+        path = checked_file(folder, entry)
+        nearest = np.load(path, allow_pickle=False)
+    except (KeyError, TypeError, ValueError, OSError) as exc:
+        raise refuse(folder, f"its nearest similarities are unreadable ({first_line(exc)}): rebuild it") from None
+    k = payload.get("neighbours")
+    if nearest.dtype != np.float32 or nearest.shape != (photos, k) or np.isnan(nearest).any() or (nearest > 1.5).any():
+        raise refuse(folder, f"{path.name} holds {nearest.shape} {nearest.dtype} for {photos} photos: rebuild it")
+    return nearest, path.name
 
 
 def read_segment(folder: Path, segment: dict) -> tuple[list[Row], np.ndarray]:
@@ -139,13 +221,7 @@ def read_segment(folder: Path, segment: dict) -> tuple[list[Row], np.ndarray]:
     try:
         name = str(segment["name"])
         count = int(segment["photos"])
-        files = {kind: folder / f"{name}.{kind}" for kind in ("json", "npy")}
-        for kind, path in files.items():
-            expected = segment[kind]
-            if Path(name).name != name or not path.is_file():
-                raise refuse(folder, f"{path.name} is missing: the catalogue is incomplete; rebuild it")
-            if path.stat().st_size != int(expected["bytes"]) or sha256_of(path) != expected["sha256"]:
-                raise refuse(folder, f"{path.name} is truncated or corrupt (size or SHA-256 differs): rebuild it")
+        files = {kind: checked_file(folder, {**segment[kind], "name": f"{name}.{kind}"}) for kind in ("json", "npy")}
         manifest = json.loads(files["json"].read_text(encoding="utf-8"))
         rows = [Row(str(p), int(s), int(m), str(h)) for p, s, m, h in manifest["rows"]]
         both = np.load(files["npy"], allow_pickle=False)
@@ -174,9 +250,10 @@ def load(folder: Path) -> Catalogue:
     dims = {part.shape[2] for part in parts}
     if len(dims) > 1:
         raise refuse(folder, f"its segments have embeddings of different widths {sorted(dims)}: rebuild it")
+    nearest, nearest_file = read_nearest(folder, payload, len(rows))
     return Catalogue(
         folder, str(payload.get("network")), str(payload.get("preprocessing")), list(payload["segments"]),
-        rows, both[:, 0], both[:, 1],
+        rows, both[:, 0], both[:, 1], nearest, nearest_file,
     )  # fmt: skip
 
 
@@ -194,6 +271,16 @@ def check_identity(catalogue: Catalogue, net: SiameseNet) -> None:
             catalogue.folder,
             f"made with preprocessing {catalogue.preprocessing!r}, this run uses {mine['preprocessing']!r}: "
             f"pass --preprocessing {catalogue.preprocessing}",
+        )
+
+
+def check_neighbours(catalogue: Catalogue, neighbours: int) -> None:
+    """Refuse, in one line, a neighbour search wider than the nearest similarities kept."""
+    if 0 < catalogue.neighbours < neighbours:
+        raise refuse(
+            catalogue.folder,
+            f"it keeps {catalogue.neighbours} nearest similarities a photo, --neighbours {neighbours} needs more: "
+            f"pass --neighbours {catalogue.neighbours} or fewer, or rebuild it with --neighbours {neighbours}",
         )
 
 
@@ -218,15 +305,29 @@ def write_segment(folder: Path, name: str, rows: list[Row], both: np.ndarray) ->
         np.save(handle, np.ascontiguousarray(both, dtype=np.float32), allow_pickle=False)
     entry = {"name": name, "photos": len(rows)}
     for kind, path in (("json", manifest), ("npy", vectors)):
-        entry[kind] = {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+        entry[kind] = described(path)
     return entry
 
 
-def remove_leftovers(folder: Path, segments: list[dict]) -> None:
-    """What an interrupted add left: the staging folder and segment files no index names."""
-    shutil.rmtree(folder / STAGING, ignore_errors=True)
-    named = {f"{s['name']}.{kind}" for s in segments for kind in ("json", "npy")}
-    for path in folder.glob("part-*"):
+def described(path: Path) -> dict:
+    return {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+
+
+def write_nearest(folder: Path, name: str, nearest: np.ndarray) -> dict:
+    """The nearest-similarities file, complete and flushed, under ``folder``; returns its index entry."""
+    path = folder / f"{name}.npy"
+    with reports.atomic_write(path, "wb") as handle:
+        np.save(handle, np.ascontiguousarray(nearest, dtype=np.float32), allow_pickle=False)
+    return {"name": path.name, **described(path)}
+
+
+def remove_leftovers(folder: Path, segments: list[dict], nearest: str | None, staging: bool = True) -> None:
+    """What an interrupted or finished add left: the staging folder, and segment and similarity
+    files no index names."""
+    if staging:
+        shutil.rmtree(folder / STAGING, ignore_errors=True)
+    named = {f"{s['name']}.{kind}" for s in segments for kind in ("json", "npy")} | {nearest}
+    for path in [*folder.glob("part-*"), *folder.glob("nearest-*")]:
         if path.name not in named:
             path.unlink(missing_ok=True)
 
@@ -236,57 +337,120 @@ def switch(folder: Path, payload: dict) -> None:
     reports.write_json(folder / INDEX, payload)
 
 
-def append(folder: Path, net: SiameseNet, rows: list[Row], both: np.ndarray, existing: Catalogue | None) -> Path:
-    """Append ``rows`` (and their embeddings) as a new segment; a new catalogue when ``existing`` is None."""
+def save(folder: Path, net: SiameseNet, embedded: dedup.Embedded, neighbours: int = 20, index: str = "auto") -> Path:
+    """A new catalogue of an embedded folder (``--save-catalogue``), with each photo's
+    ``neighbours`` nearest similarities from dedup's own neighbour search (``index``)."""
+    rows, both = rows_of(embedded)
+    source = representatives_of(embedded)
+    nearest = nearest_similarities(embedded.first, embedded.second, neighbours, index)[source]
+    return append(folder, net, Addition(rows, both, nearest), None)
+
+
+def append(folder: Path, net: SiameseNet, addition: Addition, existing: Catalogue | None) -> Path:
+    """Append the new photos as a new segment and replace the nearest similarities; a new
+    catalogue when ``existing`` is None."""
     folder = Path(folder)
+    rows, both = addition.rows, addition.both
     segments = list(existing.segments) if existing is not None else []
     known = {row.path for row in existing.rows} if existing is not None else set()
     again = [row.path for row in rows if row.path in known]
     if again:
         raise refuse(folder, f"{printable(again[0])} and {len(again) - 1} more are in it already: nothing added")
+    if len(addition.nearest) != len(known) + len(rows):
+        raise ValueError(f"nearest similarities for {len(addition.nearest)} photos, not {len(known) + len(rows)}")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(folder, segments)
+        remove_leftovers(folder, segments, existing.nearest_file if existing is not None else None)
         staging = folder / STAGING
         staging.mkdir()
         number = 1 + max((int(str(s["name"]).split("-")[1]) for s in segments), default=-1)
         name = f"part-{number:06d}"
         entry = write_segment(staging, name, rows, both)
-        for kind in ("json", "npy"):
-            os.replace(staging / f"{name}.{kind}", folder / f"{name}.{kind}")
+        nearest = write_nearest(staging, f"nearest-{number:06d}", addition.nearest)
+        for moved in (f"{name}.json", f"{name}.npy", nearest["name"]):
+            os.replace(staging / moved, folder / moved)
         payload = {
             "format": FORMAT, **identity(net), "photos": len(known) + len(rows), "segments": [*segments, entry],
+            "neighbours": int(addition.nearest.shape[1]), "nearest": nearest,
         }  # fmt: skip
         switch(folder, payload)
         staging.rmdir()
+        remove_leftovers(folder, payload["segments"], nearest["name"], staging=False)  # the replaced similarities
     except OSError as exc:
         raise OutputError(f"cannot write the catalogue {printable(str(folder))}: {first_line(exc)}") from None
     logger.info("catalogue %s: %d photos (%d added)", printable(str(folder)), payload["photos"], len(rows))
     return folder / INDEX
 
 
-def query_pairs(fresh: np.ndarray, pool: np.ndarray, vectors: torch.Tensor, search: str, neighbours: int):
-    """Candidate pairs (positions in ``vectors``; unordered, each once) of each ``fresh`` item with
-    the ``pool`` (which holds the fresh items too): every pair (``all``) or its nearest (``knn``)."""
-    if search == "all":
-        is_fresh = np.zeros(len(vectors), bool)
-        is_fresh[fresh] = True
-        a = np.repeat(fresh, len(pool))
-        b = np.tile(pool, len(fresh))
-        keep = (a != b) & ~(is_fresh[b] & (b < a))  # fresh-with-fresh once
-        return np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
-    k = min(neighbours, len(pool) - 1)
-    found = []
-    pool_vectors = vectors[torch.as_tensor(pool)]
-    for start in range(0, len(fresh), 1024):
-        rows = fresh[start : start + 1024]
-        similarity = vectors[torch.as_tensor(rows)] @ pool_vectors.T
-        similarity[torch.as_tensor(pool)[None, :] == torch.as_tensor(rows)[:, None]] = -torch.inf
-        nearest = pool[similarity.topk(k, dim=1).indices.numpy()]
-        found.append(np.stack([np.repeat(rows, k), nearest.reshape(-1)], axis=1))
-    pairs = np.concatenate(found) if found else np.zeros((0, 2), np.int64)
-    pairs = np.unique(np.sort(pairs, axis=1), axis=0)
-    return pairs[:, 0], pairs[:, 1]
+def all_pairs(fresh: np.ndarray, pool: np.ndarray, items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair (a < b) of a ``fresh`` item with the ``pool`` (which holds the fresh items too), each once."""
+    is_fresh = np.zeros(items, bool)
+    is_fresh[fresh] = True
+    a = np.repeat(fresh, len(pool))
+    b = np.tile(pool, len(fresh))
+    keep = (a != b) & ~(is_fresh[b] & (b < a))  # fresh-with-fresh once
+    return np.minimum(a[keep], b[keep]), np.maximum(a[keep], b[keep])
+
+
+@dataclasses.dataclass
+class Neighbourhood:
+    """What one exact search of the fresh items against the pool gives."""
+
+    pairs: np.ndarray  # (m, 2) the union's k-nearest candidate pairs (a < b) that involve a fresh item
+    fresh: np.ndarray  # (fresh items, K) their nearest similarities in the union, descending
+    kept: np.ndarray  # (catalogue items, K) the kept similarities, the fresh items taken in
+
+
+@torch.inference_mode()
+def search_union(
+    fresh: np.ndarray, pool: np.ndarray, vectors: torch.Tensor, n_old: int, kept: np.ndarray, k: int, block: int = 8192
+) -> Neighbourhood:
+    """The fresh items against the pool (catalogue items ``< n_old``, then the fresh ones), exactly,
+    in blocks of the pool. A pair is a candidate when the pool item is among the fresh item's k
+    nearest (forward), or the fresh item among a catalogue item's k nearest in the union (reverse:
+    fewer than k union items are more similar to it, counted in its ``kept`` similarities and
+    among the fresh items); k = 0: no pairs, only the similarities for ``append``."""
+    width = kept.shape[1]
+    fresh_t, kept_t = torch.as_tensor(fresh), torch.from_numpy(kept)
+    queries, updated = vectors[fresh_t], kept_t.clone()
+    top_s, top_i = torch.empty((len(fresh), 0)), torch.empty((len(fresh), 0), dtype=torch.int64)
+    reverse = [torch.empty((0, 2), dtype=torch.int64)]
+    for start in range(0, len(pool), block):
+        columns = torch.as_tensor(pool[start : start + block])
+        similarity = queries @ vectors[columns].T
+        similarity[columns[None, :] == fresh_t[:, None]] = -torch.inf  # never one's own neighbour
+        merged = torch.cat([top_s, similarity], 1)
+        top_s, at = merged.topk(min(max(k, width), merged.shape[1]), dim=1)
+        top_i = torch.cat([top_i, columns.expand(len(fresh), -1)], 1).gather(1, at)
+        old = columns < n_old
+        items, toward = columns[old], similarity[:, old].T.contiguous()  # (catalogue items, fresh items)
+        lists = kept_t[items]
+        if k and len(items):
+            beaten = k - torch.searchsorted(lists[:, :k].flip(1).contiguous(), toward, right=True)
+            beaten += len(fresh) - torch.searchsorted(toward.sort(dim=1).values, toward, right=True)
+            c, n = (beaten < k).nonzero(as_tuple=True)
+            reverse.append(torch.stack([items[c], fresh_t[n]], 1))
+        updated[items] = torch.cat([lists, toward], 1).topk(width, dim=1).values
+    forward = torch.stack([fresh_t.repeat_interleave(k), top_i[:, :k].reshape(-1)], 1)
+    pairs = np.unique(np.sort(torch.cat([forward, *reverse]).numpy(), axis=1), axis=0)
+    nearest = torch.full((len(fresh), width), -torch.inf)
+    nearest[:, : min(width, top_s.shape[1])] = top_s[:, :width]
+    return Neighbourhood(pairs, nearest.numpy(), updated.numpy())
+
+
+def similarities_of(catalogue: Catalogue, representative: np.ndarray, neighbours: int) -> np.ndarray:
+    """The catalogue's kept nearest similarities; for a format-1 catalogue, computed now from its
+    embeddings (``representative``: each row's representative row) with one log line."""
+    if catalogue.nearest is not None:
+        return catalogue.nearest
+    logger.warning(
+        "catalogue %s is format 1 (no nearest similarities kept): computing them from its %d embeddings; "
+        "--add keeps them",
+        printable(str(catalogue.folder)), len(catalogue),
+    )  # fmt: skip
+    reps, where = np.unique(representative, return_inverse=True)
+    first, second = torch.from_numpy(catalogue.first[reps]), torch.from_numpy(catalogue.second[reps])
+    return nearest_similarities(first, second, neighbours)[where]
 
 
 def against(
@@ -298,10 +462,11 @@ def against(
     search: str = "auto",
     neighbours: int = 20,
     keep: str = "largest",
-) -> tuple[dedup.Dedup, list[Row], np.ndarray]:
+) -> tuple[dedup.Dedup, Addition]:
     """New photos scored against the catalogue and among themselves. Returns the result (new
     photos first, named relative to their folder, then the catalogue photos it involves, named by
-    their catalogued path) and the new photos' rows and embeddings, for ``append``."""
+    their catalogued path) and what ``append`` adds (the new photos' rows and embeddings, and
+    every photo's nearest similarities in the union)."""
     rows, both = rows_of(embedded)
     known = {row.path for row in catalogue.rows}
     inside = [row.path for row in rows if row.path in known]
@@ -319,14 +484,19 @@ def against(
     fresh = pool[pool >= n_old]  # new photos with no copy in the catalogue
     if search == "auto":
         search = "all" if len(pool) <= dedup.ALL_PAIRS_LIMIT else "knn"
-    a, b = query_pairs(fresh, pool, candidates.search_vectors(first, second), search, neighbours)
+    if search == "knn":
+        check_neighbours(catalogue, neighbours)
+    kept = similarities_of(catalogue, representative[:n_old], neighbours)
+    k = min(neighbours, len(pool) - 1) if search == "knn" else 0
+    found = search_union(fresh, pool, candidates.search_vectors(first, second), n_old, kept, k)
+    a, b = all_pairs(fresh, pool, len(digests)) if search == "all" else (found.pairs[:, 0], found.pairs[:, 1])
     involved = np.unique(np.concatenate([a, b]))  # the head's first layer only for these
     compact = np.searchsorted(involved, a), np.searchsorted(involved, b)
     scores, evaluations = dedup.score_pairs(head, first[involved], second[involved], *compact)
     identical = [group for group in by_digest.values() if len(group) > 1 and group[-1] >= n_old]
     shown = sorted(set(range(n_old, n_old + n_new)) | set(a.tolist()) | set(b.tolist()) | set(sum(identical, [])))
     order = sorted(shown, key=lambda item: (item < n_old, item))  # new photos first
-    position = {item: k for k, item in enumerate(order)}
+    position = {item: j for j, item in enumerate(order)}
     names = [embedded.names[i - n_old] if i >= n_old else catalogue.rows[i].path for i in order]
     paths = [embedded.paths[i - n_old] if i >= n_old else Path(catalogue.rows[i].path) for i in order]
     renumber = np.vectorize(position.__getitem__, otypes=[np.int64])
@@ -337,4 +507,6 @@ def against(
     result.mark_identical([[position[i] for i in group] for group in identical])
     result.trunk_images, result.unreadable, result.engine = embedded.trunk_images, embedded.skipped, embedded.engine
     dedup.rank_for_keeping(result, paths, keep)
-    return result, rows, both
+    nearest = np.concatenate([found.kept, np.zeros((n_new, kept.shape[1]), np.float32)])
+    nearest[fresh] = found.fresh
+    return result, Addition(rows, both, nearest[representative])  # a copy: its representative's

@@ -25,7 +25,7 @@ import torch
 
 import synthetic
 from conftest import PROJECT, float32_atol, small_trunk, summed_terms
-from samespace import batch, dedup
+from samespace import batch, catalogue, dedup
 from samespace.errors import ConfigError, DataError
 from samespace.network import SiameseNet
 
@@ -141,7 +141,8 @@ def test_the_job_writes_the_outputs_local_dedup_writes(folder, tmp_path):
     assert shards[0] == "shard-r000-b00000000-00000001.npz" and len(shards) == 2 * -(-batches // 2)
     summary = json.loads((tmp_path / "job" / "summary.json").read_text())
     assert summary["skipped files"] == 1 and summary["identical copies"] == 1
-    assert (tmp_path / "job" / "catalogue" / "catalogue.json").is_file()
+    kept = catalogue.load(tmp_path / "job" / "catalogue")  # with each photo's nearest similarities
+    assert len(kept) == summary["photos"] and kept.neighbours == batch.JobSettings.from_hparams(hparams).neighbours
 
 
 class Stop(Exception):

@@ -7,6 +7,7 @@ import sys
 from collections import Counter
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -79,6 +80,25 @@ def test_trunk_rates_time_an_engine_in_the_same_turns(monkeypatch):
         rates = bench.trunk_rates(torch.device("cpu"), batches=2, runner=lambda x: calls.append(x.shape))
     assert rates["trunk alone, onnxruntime"] > 0
     assert calls == [(2, 3, 256, 256)] * 3  # a warm-up turn and two timed ones, same batch as torch
+
+
+def test_openvino_trunk_matches_torch_in_float32(monkeypatch):
+    from conftest import small_trunk
+
+    pytest.importorskip("openvino", reason="openvino is a benchmark-only package (requirements-dev.txt)")
+    monkeypatch.setattr(bench, "trunk_under_test", small_trunk)  # the export path, on a small trunk
+    runner, how = bench.openvino_trunk(threads=1)
+    x = torch.rand(3, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = small_trunk().eval()(x)
+    # float32 forced: a few float32 roundings of kernels ordered differently, not bfloat16's ~1e-2
+    assert how == "measured" and (runner(x) - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_openvino_trunk_missing_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    runner, how = bench.openvino_trunk(threads=1)
+    assert runner is None and how.startswith("not measured: openvino is not installed") and "\n" not in how
 
 
 def test_cache_build_times_both_engines_on_the_same_chunks(monkeypatch, tmp_path):

@@ -54,3 +54,36 @@ def test_memory_benchmark_runs_the_real_command_at_two_sizes(monkeypatch, tmp_pa
     peaks = [float(value.split(" GiB")[0]) for _, what, value in rows if "peak RSS" in what]
     assert len(peaks) == 2 and all(0.1 < peak < 8 for peak in peaks)
     assert [(name, met) for name, _, _, met in targets] == [("dedup_memory_per_photo", None)]
+
+
+def test_bench_scale_end_to_end_at_a_small_size_reports_what_it_measured(monkeypatch, capsys):
+    monkeypatch.setattr(scale, "DIM", 256)  # still projected (PCA192), seconds instead of minutes
+    monkeypatch.setattr(scale, "BLOCK", 2_000)
+    monkeypatch.setattr(scale, "SAMPLE_QUERIES", 100)
+    rows, targets = [], []
+    scale.bench_scale(True, lambda *a: rows.append(a), lambda *a: targets.append(a), n=6_000)
+    values = {what: value for _, what, value in rows}
+    assert values["N=6,000 planted partners exact finds (of 100)"] == "100"  # noise 0.5: copies are nearest
+    assert float(values["N=6,000 duplicate-pair recall against exact"]) >= 0.99
+    assert values["N=6,000 IVF cells / training vectors"] == "256 / 6,000"
+    assert 0 < float(values["N=6,000 peak RSS of the process (index, training sample, tables)"].split()[0])
+    assert [name for name, *_ in targets] == ["scale_n6000_duplicate_pair_recall", "scale_n6000_index_bytes_per_photo"]
+    progress = capsys.readouterr().err
+    assert "scale-index: added 6,000 / 6,000" in progress and "scale-index: searched 6,000 / 6,000" in progress
+
+
+def test_the_against_benchmark_takes_the_catalogue_part_and_compares_the_new_photos_pairs(tmp_path):
+    import torch
+
+    from samespace import dedup
+
+    paths = [tmp_path / "union" / part / f"p{k}.jpg" for part, k in (("kept", 0), ("kept", 1), ("new", 2), ("new", 3))]
+    first, second = torch.arange(8.0).reshape(4, 2), -torch.arange(8.0).reshape(4, 2)
+    names = [path.relative_to(tmp_path / "union").as_posix() for path in paths]
+    embedded = dedup.Embedded(tmp_path / "union", paths, names, [0, 1, 2, 3], {}, first, second, [], 4, "onnx")
+    kept = scale.part_of(embedded, tmp_path / "union" / "kept")
+    assert kept.names == ["p0.jpg", "p1.jpg"] and kept.scored == [0, 1] and kept.paths == paths[:2]
+    assert torch.equal(kept.first, first[:2]) and torch.equal(kept.second, second[:2])
+    result = dedup.Dedup(names, np.array([0, 0, 2]), np.array([1, 2, 3]), np.array([0.1, 0.2, 0.3]), 0.5, "knn", 3)
+    found = scale.scored_with(result, tmp_path / "union", tmp_path / "union" / "new")
+    assert found == {(str(paths[0]), str(paths[2])): 0.2, (str(paths[2]), str(paths[3])): 0.3}  # kept-kept left out

@@ -157,3 +157,48 @@ def test_tower_neighbours_search_the_compressed_index_from_blocks_like_the_whole
     expected = candidates.knn_ivfpq(joined, 10)
     found = candidates.tower_neighbours(first, second, 10, method="ivfpq")
     assert np.array_equal(found, expected)  # the same seeded sample and blocks: bit for bit
+
+
+def test_shards_filled_from_one_trained_index_merge_on_disk_into_one_index(tmp_path):
+    import faiss
+
+    vectors, _ = planted_duplicates(n=6_000, dim=256)  # above 192-d: the PCA step is merged too
+    array = vectors.numpy()
+    trained = candidates.compressed_index(256, len(array), array)
+    parts = [(0, 1_000), (1_000, 3_700), (3_700, 6_000)]
+    # one index filled in the shards' blocks: the projection's float32 rounding depends on the block
+    # and can move an 8-bit code by a step (distances by ~3e-4), so blocks are kept alike
+    whole = candidates.shard(trained, [array[start:stop] for start, stop in parts], 0)
+    paths = []
+    for number, (start, stop) in enumerate(parts):
+        paths.append(str(tmp_path / f"shard-{number}.index"))
+        faiss.write_index(candidates.shard(trained, [array[start:stop]], start), paths[-1])
+    merged = candidates.merge_shards(trained, paths, tmp_path / "merged.ivfdata")
+    faiss.write_index(merged, str(tmp_path / "merged.index"))
+    again = faiss.read_index(str(tmp_path / "merged.index"))  # plain read: 1.15.1's mmap read crashes on search
+    assert trained.ntotal == 0 and merged.ntotal == again.ntotal == 6_000
+    expected = whole.search(array[::7], 11)
+    for index in (merged, again):  # the same codes in the same order in every cell: equal bit for bit
+        found = index.search(array[::7], 11)
+        assert np.array_equal(found[1], expected[1]) and np.array_equal(found[0], expected[0])
+
+
+def test_a_shard_trained_apart_or_unreadable_is_refused_in_one_line(tmp_path):
+    import faiss
+
+    vectors, _ = planted_duplicates(n=6_000, dim=256)
+    array = vectors.numpy()
+    trained = candidates.compressed_index(256, len(array), array)
+    other = candidates.compressed_index(256, len(array), array[::-1].copy())
+    faiss.write_index(candidates.shard(trained, [array[:3_000]], 0), str(tmp_path / "a.index"))
+    faiss.write_index(candidates.shard(other, [array[3_000:]], 3_000), str(tmp_path / "b.index"))
+    (tmp_path / "c.index").write_bytes(b"not an index")
+    with pytest.raises(ValueError, match="b.index was not filled from this trained index") as refused:
+        candidates.merge_shards(trained, [str(tmp_path / "a.index"), str(tmp_path / "b.index")], tmp_path / "m")
+    assert "\n" not in str(refused.value)
+    with pytest.raises(ValueError, match="c.index is not a readable faiss index") as refused:
+        candidates.merge_shards(trained, [str(tmp_path / "c.index")], tmp_path / "m")
+    assert "\n" not in str(refused.value)
+    with pytest.raises(ValueError, match="holds 3000 vectors"):
+        candidates.merge_shards(candidates.shard(trained, [array[:3_000]], 0), [], tmp_path / "m")
+    assert not (tmp_path / "m").exists()

@@ -15,7 +15,7 @@ import torch
 
 import synthetic
 from conftest import PROJECT, float32_atol, run_script, small_trunk, summed_terms
-from samespace import catalogue, dedup
+from samespace import candidates, catalogue, dedup
 from samespace.errors import DataError, OutputError
 from samespace.network import SiameseNet
 
@@ -62,17 +62,17 @@ def test_built_extended_and_queried_gives_the_pairs_of_one_dedup_over_the_union(
     kept = tmp_path / "catalogue"
     embedded = dedup.embed_photos(net, parts / "A", CPU)
     found = model_pairs(dedup.dedup_embedded(embedded, net.head, threshold=0.5), parts / "A")
-    catalogue.append(kept, net, *catalogue.rows_of(embedded), None)
+    catalogue.save(kept, net, embedded)
     identical = []
     for name, add in (("B", True), ("C", False)):
         loaded = catalogue.load(kept)
         new = dedup.embed_photos(net, parts / name, CPU)
-        result, rows, both = catalogue.against(loaded, new, net.head, threshold=0.5)
+        result, addition = catalogue.against(loaded, new, net.head, threshold=0.5)
         assert result.trunk_images == len(new.scored)  # only the new photos went through the trunk
         found.update(model_pairs(result, parts / name))
         identical += identical_sets(result, parts / name)
         if add:
-            catalogue.append(kept, net, rows, both, loaded)
+            catalogue.append(kept, net, addition, loaded)
     expected = model_pairs(union, parts)
     assert expected and set(found) == set(expected)
     atol = float32_atol(summed_terms(net.head)) / 4  # other batches of the head: float32 rounding only
@@ -85,7 +85,7 @@ def test_built_extended_and_queried_gives_the_pairs_of_one_dedup_over_the_union(
 def test_the_catalogue_keeps_manifest_embeddings_and_identity(parts, tmp_path):
     net = small_network()
     embedded = dedup.embed_photos(net, parts / "B", CPU)
-    catalogue.append(tmp_path / "kept", net, *catalogue.rows_of(embedded), None)
+    catalogue.save(tmp_path / "kept", net, embedded)
     loaded = catalogue.load(tmp_path / "kept")
     copy = parts / "B" / "copy-of-a.jpg"
     row = next(r for r in loaded.rows if r.path == str(copy.resolve()))
@@ -100,7 +100,7 @@ def test_the_catalogue_keeps_manifest_embeddings_and_identity(parts, tmp_path):
 
 def saved(parts: Path, tmp_path: Path, net: SiameseNet) -> Path:
     kept = tmp_path / "kept"
-    catalogue.append(kept, net, *catalogue.rows_of(dedup.embed_photos(net, parts / "A", CPU)), None)
+    catalogue.save(kept, net, dedup.embed_photos(net, parts / "A", CPU))
     return kept
 
 
@@ -123,12 +123,15 @@ def test_another_checkpoint_or_preprocessing_is_refused_in_one_line(parts, tmp_p
         ("remove npy", r"part-000000.npy is missing"),
         ("truncate index", r"catalogue.json is unreadable or cut short"),
         ("not a catalogue", r"no catalogue.json in it: not a catalogue"),
+        ("truncate nearest", r"nearest-000000.npy is truncated or corrupt"),
+        ("remove nearest", r"nearest-000000.npy is missing"),
     ],
 )
 def test_truncated_or_corrupt_files_are_refused_in_one_line(parts, tmp_path, damage, message):
     kept = saved(parts, tmp_path, small_network())
     what, name = damage.split(" ", 1)
     target = {"npy": kept / "part-000000.npy", "manifest": kept / "part-000000.json", "index": kept / "catalogue.json"}
+    target["nearest"] = kept / "nearest-000000.npy"
     if damage == "not a catalogue":
         (kept / "catalogue.json").unlink()
     elif what == "truncate":
@@ -152,26 +155,164 @@ def test_a_query_of_catalogued_photos_and_a_second_add_are_refused(parts, tmp_pa
     with pytest.raises(DataError, match=r"is catalogued already: query a folder of new photos"):
         catalogue.against(loaded, dedup.embed_photos(net, parts / "A", CPU), net.head)
     with pytest.raises(DataError, match=r"are in it already: nothing added"):
-        catalogue.append(kept, net, *catalogue.rows_of(dedup.embed_photos(net, parts / "A", CPU)), loaded)
+        rows, both = catalogue.rows_of(dedup.embed_photos(net, parts / "A", CPU))
+        catalogue.append(kept, net, catalogue.Addition(rows, both, np.zeros((len(rows), 20), np.float32)), loaded)
     with pytest.raises(OutputError, match=r"exists and is not empty: extend a catalogue with --against DIR --add"):
         catalogue.check_new_folder(kept)
+
+
+NEIGHBOURS = 5
+
+
+def injected_parts(tmp_path: Path) -> tuple[Path, dict[bytes, tuple[torch.Tensor, torch.Tensor]]]:
+    """300 small files over folders A, B, C (one byte copy of an A file in B) and each file's
+    injected embeddings, keyed by its bytes: look-alike groups of varied spread, so that some
+    photos sit in crowds and others alone (a photo's nearest then differ by direction)."""
+    rng = np.random.default_rng(11)
+    union, vectors = tmp_path / "union", {}
+    centres = rng.standard_normal((40, 2, 1280)).astype(np.float32)
+    for k in range(300):
+        part = union / "ABC"[0 if k < 150 else 1 if k < 230 else 2]
+        part.mkdir(parents=True, exist_ok=True)
+        data = f"photo {k}".encode()
+        (part / f"p{k:03d}.jpg").write_bytes(data)
+        spread = np.float32(rng.choice([0.3, 1.0, 3.0]))
+        both = centres[rng.integers(40)] + spread * rng.standard_normal((2, 1280)).astype(np.float32)
+        vectors[data] = torch.from_numpy(both[0]), torch.from_numpy(both[1])
+    (union / "B" / "copy.jpg").write_bytes((union / "A" / "p000.jpg").read_bytes())
+    return union, vectors
+
+
+def embedded_of(root: Path, parts: list[str], vectors: dict) -> dedup.Embedded:
+    """An ``Embedded`` of the files in ``root``'s ``parts`` (as stage 1 gives it: sorted, one
+    photo per set of byte copies embedded), with the injected embeddings."""
+    paths = sorted(path for part in parts for path in (root / part).iterdir())
+    seen: dict[bytes, int] = {}
+    copies: dict[int, list[int]] = {}
+    for position, path in enumerate(paths):
+        data = path.read_bytes()
+        copies.setdefault(seen[data], []).append(position) if data in seen else seen.setdefault(data, position)
+    scored = list(seen.values())
+    first = torch.stack([vectors[paths[i].read_bytes()][0] for i in scored])
+    second = torch.stack([vectors[paths[i].read_bytes()][1] for i in scored])
+    names = [path.relative_to(root).as_posix() for path in paths]
+    return dedup.Embedded(root, paths, names, scored, copies, first, second, [])
+
+
+def scored_pairs(result: dedup.Dedup, root: Path, new: Path | None = None) -> dict[tuple[str, str], float]:
+    """Every pair the head scored, by absolute path; with ``new``, only those involving a photo in it."""
+    full = [str((root / name).resolve()) for name in result.names]
+    model = result.reasons == dedup.MODEL
+    pairs = {
+        tuple(sorted((full[a], full[b]))): float(s)
+        for a, b, s in zip(result.first[model], result.second[model], result.scores[model])
+    }
+    inside = str(new.resolve()) + "/" if new is not None else ""
+    return {pair: s for pair, s in pairs.items() if any(name.startswith(inside) for name in pair)}
+
+
+def forward_only(embedded: dedup.Embedded, root: Path, new: Path, k: int) -> set[tuple[str, str]]:
+    """Pairs of each new photo with its own k nearest in the union (what a query finds without the
+    reverse search), and a check that the union has no near-ties at anyone's k-th place."""
+    vectors = candidates.search_vectors(embedded.first, embedded.second).double()
+    similarity = vectors @ vectors.T
+    similarity.fill_diagonal_(-torch.inf)
+    ordered = similarity.sort(dim=1, descending=True).values
+    assert (ordered[:, k - 1] - ordered[:, k]).min() > 1e-5  # no tie float32 rounding could flip
+    full = [str(embedded.paths[i].resolve()) for i in embedded.scored]
+    found = set()
+    for row, neighbours in enumerate(similarity.topk(k, dim=1).indices.tolist()):
+        if full[row].startswith(str(new.resolve()) + "/"):
+            found |= {tuple(sorted((full[row], full[other]))) for other in neighbours}
+    return found
+
+
+def test_in_neighbour_search_built_extended_and_queried_gives_the_new_pairs_of_one_dedup_over_the_union(tmp_path):
+    net = small_network()
+    union, vectors = injected_parts(tmp_path)
+    kept = tmp_path / "kept"
+    catalogue.save(kept, net, embedded_of(union, ["A"], vectors), neighbours=NEIGHBOURS)
+    atol = float32_atol(summed_terms(net.head)) / 4  # other batches of the head: float32 rounding only
+    for parts, add in ((["A", "B"], True), (["A", "B", "C"], False)):
+        new = union / parts[-1]
+        loaded = catalogue.load(kept)
+        result, addition = catalogue.against(
+            loaded, embedded_of(new, ["."], vectors), net.head, search="knn", neighbours=NEIGHBOURS
+        )
+        whole = embedded_of(union, parts, vectors)
+        expected = scored_pairs(dedup.dedup_embedded(whole, net.head, search="knn", neighbours=NEIGHBOURS), union, new)
+        found = scored_pairs(result, new)
+        assert expected and set(found) == set(expected)
+        assert all(abs(found[pair] - expected[pair]) <= atol for pair in expected)
+        assert set(expected) - forward_only(whole, union, new, NEIGHBOURS)  # the reverse search found some
+        if add:
+            catalogue.append(kept, net, addition, loaded)
+    # the update by --add: the kept similarities are those of a catalogue saved from A and B at once
+    union_ab = embedded_of(union, ["A", "B"], vectors)
+    fresh = catalogue.nearest_similarities(union_ab.first, union_ab.second, NEIGHBOURS)
+    assert np.allclose(catalogue.load(kept).nearest, fresh[catalogue.representatives_of(union_ab)], atol=1e-6)
+    files = ["catalogue.json", "nearest-000001.npy", "part-000000.json", "part-000000.npy", "part-000001.json"]
+    assert sorted(p.name for p in kept.iterdir()) == [*files, "part-000001.npy"]  # the replaced similarities gone
+
+
+def test_kept_similarities_are_each_photos_nearest_and_a_wider_search_is_refused(tmp_path):
+    net = small_network()
+    union, vectors = injected_parts(tmp_path)
+    embedded = embedded_of(union, ["A", "B"], vectors)
+    catalogue.save(tmp_path / "kept", net, embedded, neighbours=NEIGHBOURS)
+    loaded = catalogue.load(tmp_path / "kept")
+    unit = candidates.search_vectors(embedded.first, embedded.second)
+    similarity = unit @ unit.T
+    similarity.fill_diagonal_(-torch.inf)
+    best = similarity.topk(NEIGHBOURS, dim=1).values.numpy()[catalogue.representatives_of(embedded)]
+    assert loaded.neighbours == NEIGHBOURS and np.allclose(loaded.nearest, best, atol=1e-6)
+    copy = [row.path for row in loaded.rows].index(str((union / "B" / "copy.jpg").resolve()))
+    assert np.array_equal(loaded.nearest[copy], loaded.nearest[0])  # a copy keeps its representative's
+    with pytest.raises(DataError, match=r"keeps 5 nearest similarities a photo, --neighbours 6 needs more") as caught:
+        catalogue.against(loaded, embedded_of(union / "C", ["."], vectors), net.head, search="knn", neighbours=6)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_format_1_catalogue_is_queried_after_one_line_and_its_add_keeps_format_2(tmp_path, caplog):
+    net = small_network()
+    union, vectors = injected_parts(tmp_path)
+    kept = tmp_path / "kept"
+    catalogue.save(kept, net, embedded_of(union, ["A"], vectors), neighbours=NEIGHBOURS)
+    query = dict(search="knn", neighbours=NEIGHBOURS)
+    new = embedded_of(union / "B", ["."], vectors)
+    now, _ = catalogue.against(catalogue.load(kept), new, net.head, **query)
+    index = json.loads((kept / "catalogue.json").read_text())
+    (kept / index.pop("nearest")["name"]).unlink()
+    index.pop("neighbours")
+    (kept / "catalogue.json").write_text(json.dumps({**index, "format": 1}))
+    old = catalogue.load(kept)
+    assert old.nearest is None
+    with caplog.at_level("WARNING", logger="samespace.catalogue"):
+        before, addition = catalogue.against(old, new, net.head, **query)
+    assert [r.message for r in caplog.records if "format 1" in r.message] == [caplog.records[-1].message]
+    assert scored_pairs(before, union / "B") == pytest.approx(scored_pairs(now, union / "B"))
+    catalogue.append(kept, net, addition, old)
+    assert json.loads((kept / "catalogue.json").read_text())["format"] == catalogue.FORMAT == 2
+    (kept / "catalogue.json").write_text(json.dumps({**index, "format": 3}))
+    with pytest.raises(DataError, match=r"catalogue.json is not a format-2 catalogue index: rebuild it"):
+        catalogue.load(kept)
 
 
 ADD_THEN_HANG = """
 import sys, time
 sys.path[:0] = [{tests!r}, {project!r}]
 import torch
-from samespace import catalogue, dedup
+from samespace import candidates, catalogue, dedup
 from test_catalogue import small_network
 net = small_network()
 loaded = catalogue.load({kept!r})
 new = dedup.embed_photos(net, __import__("pathlib").Path({new!r}), torch.device("cpu"))
-_, rows, both = catalogue.against(loaded, new, net.head)
+_, addition = catalogue.against(loaded, new, net.head)
 def hang(folder, payload):  # every new file written: the moment a kill costs the most
     print("switching", flush=True)
     time.sleep(600)
 catalogue.switch = hang
-catalogue.append({kept!r}, net, rows, both, loaded)
+catalogue.append({kept!r}, net, addition, loaded)
 """
 
 
@@ -193,13 +334,13 @@ def test_a_kill_in_the_middle_of_an_add_leaves_the_catalogue_as_it_was(parts, tm
         process.wait(timeout=60)
     after = snapshot(kept)
     assert {name: after[name] for name in before} == before  # every file it had, byte for byte
-    assert set(after) - set(before) == {"part-000001.json", "part-000001.npy"}  # written, never named
+    assert set(after) - set(before) == {"part-000001.json", "part-000001.npy", "nearest-000001.npy"}  # never named
     again = catalogue.load(kept)
     assert again.rows == loaded.rows and np.array_equal(again.first, loaded.first)
     new = dedup.embed_photos(net, parts / "B", CPU)  # the next add clears the leftovers and succeeds
-    _, rows, both = catalogue.against(again, new, net.head)
-    catalogue.append(kept, net, rows, both, again)
-    assert len(catalogue.load(kept)) == len(loaded) + len(rows) and not (kept / catalogue.STAGING).exists()
+    _, addition = catalogue.against(again, new, net.head)
+    catalogue.append(kept, net, addition, again)
+    assert len(catalogue.load(kept)) == len(loaded) + len(addition.rows) and not (kept / catalogue.STAGING).exists()
 
 
 def test_dedup_command_saves_and_queries_a_catalogue(trained, parts, tmp_path):
