@@ -261,13 +261,24 @@ def finish(
 def load_network(settings: JobSettings, context: Any) -> tuple[Any, str]:
     """The checkpoint's network on the worker's device: a folder path, else a UUID restored from
     this experiment's checkpoint storage."""
-    from samespace.checkpoints import open_checkpoint
+    from determined import errors
+
+    from samespace.checkpoints import UUID, open_checkpoint
 
     if Path(settings.checkpoint).exists():
         net, _ = open_checkpoint(settings.checkpoint, context.device, settings.preprocessing)
         return net, Path(settings.checkpoint).resolve().name
-    with context._core_context.checkpoint.restore_path(settings.checkpoint) as path:
-        net, _ = open_checkpoint(path, context.device, settings.preprocessing)
+    where = f"hyperparameters.checkpoint = {printable(settings.checkpoint)}"
+    if not UUID.fullmatch(settings.checkpoint):  # S3/GCS look up by key prefix: a part of a UUID finds others
+        raise ConfigError(f"{where}: neither a checkpoint folder every slot sees nor a checkpoint UUID")
+    try:
+        with context._core_context.checkpoint.restore_path(settings.checkpoint) as path:
+            net, _ = open_checkpoint(path, context.device, settings.preprocessing)
+    except (errors.CheckpointNotFound, errors.NoDirectStorageAccess) as exc:
+        raise ConfigError(
+            f"{where}: not in this experiment's checkpoint storage ({first_line(exc)}); give a UUID stored "
+            "there or a checkpoint folder on a mount"
+        ) from None
     return net, settings.checkpoint
 
 

@@ -5,7 +5,9 @@ Determined 0.38.1's tests run torch_batch_process off-cluster with a fake ``det.
 ``_torch_batch_process._initialize_default_inference_context``; ``cluster`` below does the same
 (private names, pinned to determined==0.38.1). The real loop, sharding, progress checkpoints,
 ``upload_path()`` and resume then run on the CPU. The network is the small input-dependent stand-in
-of the other dedup tests (``conftest.small_trunk``), so scores differ from photo to photo."""
+of the other dedup tests (``conftest.small_trunk``), so scores differ from photo to photo.
+Checkpoint storage is a shared_fs folder, or S3 through determined's own S3StorageManager (boto3)
+on moto's in-process mock of AWS (``bucket``): no network and no real bucket."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
@@ -44,9 +46,19 @@ def small_network() -> SiameseNet:
     return net.eval()
 
 
-def fake_info(storage: Path, hparams: dict, slots: int, latest: str | None) -> det.ClusterInfo:
+def storage_config(storage: Path | dict) -> dict:
+    """``checkpoint_storage`` as the experiment config gives it: a shared_fs folder, or a dict (s3)."""
+    return storage if isinstance(storage, dict) else {"type": "shared_fs", "host_path": str(storage)}
+
+
+def storage_argument(storage: Path | dict) -> str | dict:
+    """What ``core._dummy_init`` takes: shared_fs only as a folder string, cloud storage as a dict."""
+    return storage if isinstance(storage, dict) else str(storage)
+
+
+def fake_info(storage: Path | dict, hparams: dict, slots: int, latest: str | None) -> det.ClusterInfo:
     """A ClusterInfo as Determined's tests make it (tests/launch/test_util.make_mock_cluster_info)."""
-    config = {"checkpoint_storage": {"type": "shared_fs", "host_path": str(storage)}, "hyperparameters": hparams}
+    config = {"checkpoint_storage": storage_config(storage), "hyperparameters": hparams}
     trial = det.TrialInfo(
         trial_id=1, experiment_id=1, trial_seed=0, hparams=hparams, config=config, steps_completed=0,
         trial_run_id=0, debug=False, inter_node_network_interface=None,
@@ -60,13 +72,16 @@ def fake_info(storage: Path, hparams: dict, slots: int, latest: str | None) -> d
 
 
 @contextlib.contextmanager
-def cluster(storage: Path, hparams: dict, slots: int = 1, latest: str | None = None, distributed=None) -> Iterator:
-    """Determined's off-cluster route: the fake ClusterInfo and core._dummy_init on ``storage``."""
+def cluster(
+    storage: Path | dict, hparams: dict, slots: int = 1, latest: str | None = None, distributed=None
+) -> Iterator:
+    """Determined's off-cluster route: the fake ClusterInfo and core._dummy_init on ``storage`` (a
+    shared_fs folder, or an s3/gcs config dict)."""
     saved_info, saved_init = det._info._info, _torch_batch_process._initialize_default_inference_context
     saved_load = batch.load_network
     det._info._info = fake_info(storage, hparams, slots, latest)
     _torch_batch_process._initialize_default_inference_context = lambda _: core._dummy_init(
-        distributed=distributed, checkpoint_storage=str(storage)
+        distributed=distributed, checkpoint_storage=storage_argument(storage)
     )
     batch.load_network = lambda settings, context: (small_network(), LABEL)
     try:
@@ -149,16 +164,13 @@ class Stop(Exception):
     """Stands for the worker's death."""
 
 
-def test_a_run_stopped_after_a_shard_whose_checkpoint_never_landed_resumes_and_replays_it(folder, tmp_path):
-    hparams = settings_for(folder, tmp_path / "whole")
-    with cluster(tmp_path / "whole-storage", hparams):
-        batch.run(batch.JobSettings.from_hparams(hparams))
-    hparams = settings_for(folder, tmp_path / "resumed")
-    storage = tmp_path / "storage"
+def run_until_the_second_checkpoint(storage: Path | dict, hparams: dict) -> None:
+    """The job dies at its second progress checkpoint: that interval's shard is written, its
+    checkpoint is not."""
     real = _torch_batch_process._synchronize_and_checkpoint
     calls = []
 
-    def dies_at_the_second(*args, **kwargs):  # the second interval's shard is written, its checkpoint is not
+    def dies_at_the_second(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise Stop
@@ -170,6 +182,23 @@ def test_a_run_stopped_after_a_shard_whose_checkpoint_never_landed_resumes_and_r
             batch.run(batch.JobSettings.from_hparams(hparams))
     finally:
         _torch_batch_process._synchronize_and_checkpoint = real
+
+
+def assert_resumed_as_whole(resumed: dict, whole: dict, manifest: batch.Manifest, outputs: Path, whole_outputs: Path):
+    assert sorted(resumed["ids"].tolist() + resumed["skipped_ids"].tolist()) == list(range(len(manifest.paths)))
+    for key in ("ids", "sha256", "first", "second"):
+        assert np.array_equal(resumed[key], whole[key]), key  # bit for bit: the same batches, the same code
+    for name in ("duplicates.json", "to_remove.json", "summary.json", "pairs.csv"):
+        assert (outputs / name).read_bytes() == (whole_outputs / name).read_bytes()
+
+
+def test_a_run_stopped_after_a_shard_whose_checkpoint_never_landed_resumes_and_replays_it(folder, tmp_path):
+    hparams = settings_for(folder, tmp_path / "whole")
+    with cluster(tmp_path / "whole-storage", hparams):
+        batch.run(batch.JobSettings.from_hparams(hparams))
+    hparams = settings_for(folder, tmp_path / "resumed")
+    storage = tmp_path / "storage"
+    run_until_the_second_checkpoint(storage, hparams)
     latest = newest_checkpoint(storage)
     assert json.loads((storage / latest / "metadata.json").read_text())["steps_completed"] == 2
     assert not (tmp_path / "resumed").exists()  # nothing written before the end
@@ -178,11 +207,193 @@ def test_a_run_stopped_after_a_shard_whose_checkpoint_never_landed_resumes_and_r
     manifest = batch.manifest_of(batch.JobSettings.from_hparams(hparams))
     resumed = batch.read_shards(output_shards(storage), manifest)
     whole = batch.read_shards(output_shards(tmp_path / "whole-storage"), manifest)
-    assert sorted(resumed["ids"].tolist() + resumed["skipped_ids"].tolist()) == list(range(len(manifest.paths)))
-    for key in ("ids", "sha256", "first", "second"):
-        assert np.array_equal(resumed[key], whole[key]), key  # bit for bit: the same batches, the same code
-    for name in ("duplicates.json", "to_remove.json", "summary.json", "pairs.csv"):
-        assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    assert_resumed_as_whole(resumed, whole, manifest, tmp_path / "resumed", tmp_path / "whole")
+
+
+@contextlib.contextmanager
+def s3_bucket(tmp_path: Path, monkeypatch) -> Iterator[dict]:
+    """S3 in moto's in-process mock of AWS (no network, no real bucket), as boto3 sees it."""
+    moto = pytest.importorskip("moto")
+    import boto3
+
+    fake = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "no-credentials"),
+            "AWS_CONFIG_FILE": str(tmp_path / "no-config")}  # fmt: skip
+    for name, value in fake.items():  # never the user's own credentials or endpoints
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    with moto.mock_aws():
+        boto3.client("s3").create_bucket(Bucket="samespace-test")
+        yield {"type": "s3", "bucket": "samespace-test"}
+
+
+@contextlib.contextmanager
+def gcs_bucket(tmp_path: Path, monkeypatch) -> Iterator[dict]:
+    """GCS in gcp-storage-emulator's in-memory server on 127.0.0.1 (STORAGE_EMULATOR_HOST: the
+    google-cloud-storage client then goes there with anonymous credentials)."""
+    emulator = pytest.importorskip("gcp_storage_emulator.server")
+    (port,) = free_ports(1)
+    server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket="samespace-test")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "samespace-test")
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    server.start()
+    try:
+        yield {"type": "gcs", "bucket": "samespace-test"}
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def checkpoint_storage(kind: str, tmp_path: Path, monkeypatch) -> Iterator[Path | dict]:
+    """A shared_fs folder, or cloud storage without a network: determined's own S3/GCS storage
+    managers on an in-process mock or a loopback emulator, their local copies in ``temp_dir``."""
+    if kind == "shared_fs":
+        yield tmp_path / "storage"
+        return
+    made = s3_bucket if kind == "s3" else gcs_bucket
+    with made(tmp_path, monkeypatch) as config:
+        yield {**config, "prefix": "determined", "temp_dir": str(tmp_path / "cloud-temp")}
+
+
+@pytest.fixture(params=["s3", "gcs"])
+def bucket(request, tmp_path, monkeypatch) -> Iterator[dict]:
+    with checkpoint_storage(request.param, tmp_path, monkeypatch) as config:
+        yield config
+
+
+def stored(config: dict) -> dict[str, Any]:
+    """The bucket's objects: key -> a function reading its bytes."""
+    if config["type"] == "s3":
+        import boto3
+
+        items = boto3.resource("s3").Bucket(config["bucket"]).objects.all()
+        return {item.key: (lambda item=item: item.get()["Body"].read()) for item in items}
+    from google.cloud import storage as gcs
+
+    return {blob.name: blob.download_as_bytes for blob in gcs.Client().bucket(config["bucket"]).list_blobs()}
+
+
+def newest_checkpoint_in(config: dict) -> tuple[str, dict]:
+    """``newest_checkpoint`` for a bucket: the progress checkpoint with the most steps, and its metadata."""
+    found = []
+    for key, read in stored(config).items():
+        if key.startswith(config["prefix"] + "/") and key.endswith("/metadata.json"):
+            metadata = json.loads(read())
+            if "steps_completed" in metadata:
+                found.append((metadata["steps_completed"], key.split("/")[-2], metadata))
+    steps, storage_id, metadata = max(found, key=lambda entry: entry[0])
+    return storage_id, metadata
+
+
+def newest(storage: Path | dict) -> tuple[str, dict]:
+    """The newest progress checkpoint and its metadata, in a shared_fs folder or a bucket."""
+    if isinstance(storage, dict):
+        return newest_checkpoint_in(storage)
+    latest = newest_checkpoint(storage)
+    return latest, json.loads((storage / latest / "metadata.json").read_text())
+
+
+@contextlib.contextmanager
+def shards_in(storage: Path | dict, output_uuid: str) -> Iterator[Path]:
+    """The job's shards folder (``rank_*/``): in place on shared_fs, downloaded from a bucket."""
+    if not isinstance(storage, dict):
+        yield storage / output_uuid
+        return
+    from determined.common import storage as stores
+
+    with stores.build(storage, None).restore_path(output_uuid) as folder:
+        yield Path(folder)
+
+
+def test_on_s3_or_gcs_storage_the_job_resumes_from_its_checkpoint_in_the_bucket_and_writes_local_dedups_outputs(
+    folder, tmp_path, bucket
+):
+    """The stop-and-resume run above with ``checkpoint_storage`` of type s3 or gcs (determined's own
+    storage managers on moto's mock or the GCS emulator): shards uploaded to the bucket, the resume
+    reads its progress checkpoint from it, the chief downloads every shard through the storage
+    manager and refuses a shard cut short there in one line, writing nothing; after the shard is
+    whole again, the outputs equal an uninterrupted shared_fs run's bit for bit and local dedup's."""
+    from determined.common import storage
+
+    hparams = settings_for(folder, tmp_path / "whole")
+    with cluster(tmp_path / "whole-storage", hparams):
+        batch.run(batch.JobSettings.from_hparams(hparams))
+    hparams = settings_for(folder, tmp_path / "resumed")
+    run_until_the_second_checkpoint(bucket, hparams)
+    latest, metadata = newest(bucket)
+    assert metadata["steps_completed"] == 2 and not (tmp_path / "resumed").exists()
+    shards = f"determined/{metadata['default_output_uuid']}/rank_0/"
+    first_two = [shards + "shard-r000-b00000000-00000001.npz", shards + "shard-r000-b00000002-00000003.npz"]
+    assert set(first_two + [key + ".sha256" for key in first_two]) <= set(stored(bucket))
+    payload, manager = stored(bucket)[first_two[0]](), storage.build(bucket, None)
+    put = tmp_path / "put" / "rank_0"
+    put.mkdir(parents=True)
+    (put / Path(first_two[0]).name).write_bytes(payload[: len(payload) // 2])
+    manager.upload(put.parent, metadata["default_output_uuid"])  # a shard cut short in the bucket
+    with cluster(bucket, hparams, latest=latest), pytest.raises(DataError, match="is corrupt or cut short") as caught:
+        batch.run(batch.JobSettings.from_hparams(hparams))
+    assert "\n" not in str(caught.value) and not (tmp_path / "resumed").exists()  # refused, nothing written
+    (put / Path(first_two[0]).name).write_bytes(payload)
+    manager.upload(put.parent, metadata["default_output_uuid"])
+    latest, _ = newest(bucket)  # the restart after the chief's refusal: all batches done
+    with cluster(bucket, hparams, latest=latest):
+        batch.run(batch.JobSettings.from_hparams(hparams))
+    manifest = batch.manifest_of(batch.JobSettings.from_hparams(hparams))
+    with shards_in(bucket, metadata["default_output_uuid"]) as downloaded:
+        resumed = batch.read_shards(downloaded, manifest)
+    whole = batch.read_shards(output_shards(tmp_path / "whole-storage"), manifest)
+    assert_resumed_as_whole(resumed, whole, manifest, tmp_path / "resumed", tmp_path / "whole")
+    assert_same_outputs(tmp_path / "resumed", local_outputs(folder, tmp_path / "local"), small_network())
+    assert catalogue.load(tmp_path / "resumed" / "catalogue").neighbours == 20
+    left = [p for p in Path(bucket["temp_dir"]).rglob("*") if p.is_file()]
+    assert not left, left  # the storage manager's local copies are gone
+
+
+class Slot:
+    """What ``batch.load_network`` reads of a TorchBatchProcessorContext."""
+
+    def __init__(self, core_context: core.Context):
+        self._core_context, self.device = core_context, torch.device("cpu")
+
+
+@pytest.mark.parametrize("kind", ["shared_fs", "s3", "gcs"])
+def test_a_checkpoint_uuid_is_restored_from_checkpoint_storage_and_one_not_there_is_one_line(
+    tmp_path, monkeypatch, kind
+):
+    from samespace.checkpoints import TRIAL_SPEC
+
+    hparams = {"learning_rate": 1e-3, "alpha": 0.9, "dropout1": 0.3, "dropout2": 0.4, "dropout3": 0.5}
+    torch.manual_seed(3)
+    saved = SiameseNet(pretrained=False, dropouts=(0.3, 0.4, 0.5)).eval()
+    with checkpoint_storage(kind, tmp_path, monkeypatch) as storage:
+        context = core._dummy_init(checkpoint_storage=storage_argument(storage))
+        with context.checkpoint.store_path({"steps_completed": 3}) as (folder, uuid):  # uploaded on exit
+            (folder / "load_data.json").write_text(json.dumps({"trial_cls_spec": TRIAL_SPEC, "hparams": hparams}))
+            torch.save({"models_state_dict": [saved.state_dict()]}, folder / "state_dict.pth")
+        if isinstance(storage, dict):
+            assert f"determined/{uuid}/state_dict.pth" in stored(storage)
+        restored_and_refused(saved, uuid, context, storage, tmp_path)
+
+
+def restored_and_refused(saved: SiameseNet, uuid: str, context: core.Context, storage, tmp_path: Path) -> None:
+    net, label = batch.load_network(
+        batch.JobSettings.from_hparams(settings_for(tmp_path, tmp_path, checkpoint=uuid)), Slot(context)
+    )
+    assert label == uuid and net.preprocessing == saved.preprocessing
+    loaded = net.state_dict()
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in saved.state_dict().items())
+    if isinstance(storage, dict):
+        assert not [p for p in Path(storage["temp_dir"]).rglob("*") if p.is_file()]  # the download is removed
+    for wrong, message in [
+        ("0b9b6f1e-1c1d-4d6e-9f3a-5a6b7c8d9e0f", r"not in this experiment's checkpoint storage \(Did not find"),
+        (uuid[:8], r"neither a checkpoint folder every slot sees nor a checkpoint UUID$"),
+    ]:
+        settings = batch.JobSettings.from_hparams(settings_for(tmp_path, tmp_path, checkpoint=wrong))
+        with pytest.raises(ConfigError, match=rf"^hyperparameters.checkpoint = {wrong}: {message}") as caught:
+            batch.load_network(settings, Slot(context))
+        assert "\n" not in str(caught.value)
 
 
 def finished_shards(folder: Path, tmp_path: Path) -> tuple[Path, batch.Manifest]:
@@ -274,7 +485,7 @@ if stop_at:  # this worker hangs at a batch, as a stuck or dying node does, unti
             time.sleep(600)
         return real(self, images, desc)
     batch.scoring.Embedder.backbone = backbone
-with test_batch.cluster(Path({storage!r}), hparams, slots=2, latest=latest, distributed=distributed):
+with test_batch.cluster({storage}, hparams, slots=2, latest=latest, distributed=distributed):
     batch.run(batch.JobSettings.from_hparams(hparams))
 print("done", flush=True)
 """
@@ -304,19 +515,26 @@ def two_workers(code: str, latest: str, stop_at: tuple[int, int]) -> list[subpro
     ]
 
 
-def test_two_workers_on_loopback_killed_and_restarted_give_every_photo_once(folder, tmp_path):
+@pytest.mark.parametrize("kind", ["shared_fs", "gcs"])
+def test_two_workers_on_loopback_killed_and_restarted_give_every_photo_once(folder, tmp_path, monkeypatch, kind):
     """2 processes with Determined's ZMQ DistributedContext on 127.0.0.1; worker 1 is killed in
     its 4th batch, the other with it (as Determined restarts the whole trial); the restart from the
     newest progress checkpoint gives every photo exactly once, bit-identical to an uninterrupted
-    run (one slot: the same batches), and the outputs of local dedup."""
-    storage, whole_storage = tmp_path / "storage", tmp_path / "whole-storage"
+    run (one slot: the same batches), and the outputs of local dedup. On gcs both workers share
+    the GCS emulator and one temporary folder, as two slots of a node do."""
+    with checkpoint_storage(kind, tmp_path, monkeypatch) as storage:
+        two_workers_killed_and_restarted(folder, tmp_path, storage)
+
+
+def two_workers_killed_and_restarted(folder: Path, tmp_path: Path, storage: Path | dict) -> None:
     places = dict(tests=str(PROJECT / "tests"), project=str(PROJECT), folder=str(folder))
+    where = repr(storage) if isinstance(storage, dict) else f"Path({str(storage)!r})"
 
-    def script(where: Path, output: Path) -> str:
+    def script(output: Path) -> str:
         pub, pull = free_ports(2)
-        return TWO_SLOTS.format(**places, storage=str(where), output=str(output), pub=pub, pull=pull)
+        return TWO_SLOTS.format(**places, storage=where, output=str(output), pub=pub, pull=pull)
 
-    first = two_workers(script(storage, tmp_path / "job"), "", (0, 4))
+    first = two_workers(script(tmp_path / "job"), "", (0, 4))
     try:
         lines = iter(first[1].stdout.readline, "")  # Determined logs to stdout too
         assert any(line.strip() == "stuck" for line in lines)
@@ -324,22 +542,27 @@ def test_two_workers_on_loopback_killed_and_restarted_give_every_photo_once(fold
         for process in first:
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=60)
-    latest = newest_checkpoint(storage)
-    assert latest is not None and json.loads((storage / latest / "metadata.json").read_text())["steps_completed"] == 2
-    for process in two_workers(script(storage, tmp_path / "job"), latest, (0, 0)):
+    latest, metadata = newest(storage)
+    assert metadata["steps_completed"] == 2
+    for process in two_workers(script(tmp_path / "job"), latest, (0, 0)):
         out, err = process.communicate(timeout=300)
         assert process.returncode == 0 and out.strip().endswith("done"), err[-2000:]
+    whole_storage = tmp_path / "whole-storage"
     hparams = settings_for(folder, tmp_path / "whole", catalogue=False)
     with cluster(whole_storage, hparams):  # one slot, uninterrupted: the same batches of 4
         batch.run(batch.JobSettings.from_hparams(hparams))
     manifest = batch.manifest_of(batch.JobSettings.from_hparams(settings_for(folder, tmp_path / "job")))
-    resumed = batch.read_shards(output_shards(storage), manifest)
+    with shards_in(storage, metadata["default_output_uuid"]) as shards:
+        resumed = batch.read_shards(shards, manifest)
+        assert {p.name for p in shards.iterdir()} == {"rank_0", "rank_1"}
     whole = batch.read_shards(output_shards(whole_storage), manifest)
     assert sorted(resumed["ids"].tolist() + resumed["skipped_ids"].tolist()) == list(range(len(manifest.paths)))
     for key in ("ids", "sha256", "first", "second"):
         assert np.array_equal(resumed[key], whole[key]), key
-    assert {p.name for p in output_shards(storage).iterdir()} == {"rank_0", "rank_1"}
     assert_same_outputs(tmp_path / "job", local_outputs(folder, tmp_path / "local"), small_network())
+    if isinstance(storage, dict):
+        left = [p for p in Path(storage["temp_dir"]).rglob("*") if p.is_file()]
+        assert not left, left  # no worker's local copy is left behind
 
 
 def test_dedup_yaml_is_a_valid_job_and_the_entry_point_refuses_to_run_off_cluster(tmp_path):
