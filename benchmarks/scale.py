@@ -248,3 +248,87 @@ def bench_against(quick: bool, row: Callable[..., None], target: Callable[..., N
         target("against_10000_speedup", f"{measured} at {size:,} (--quick)", ">= 50x and same pairs at 10,000", None)
     else:
         target("against_10000_speedup", measured, ">= 50x and same pairs", ratio >= 50 and same)
+
+
+MEMORY_SIZES = {True: (1_000, 5_000), False: (5_000, 30_000)}  # photos: --quick, full
+
+PEAK_SCRIPT = """
+import resource, runpy, sys
+sys.argv = sys.argv[1:]
+sys.path.insert(0, ".")
+try:
+    runpy.run_path("model_inference.py", run_name="__main__")
+finally:
+    print("peak-rss-bytes", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, file=sys.stderr)
+"""
+
+
+def random_checkpoint(folder) -> None:
+    """A SameSpace checkpoint folder with seed-0 random weights (``pretrained: false``): memory and
+    speed do not depend on the weights (its scores are meaningless, so nearly every candidate
+    pair is a duplicate: the outputs are as large as they can be)."""
+    import json
+
+    from samespace.network import SiameseNet
+
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save({"models_state_dict": [SiameseNet(pretrained=False).state_dict()]}, folder / "state_dict.pth")
+    hparams = dict(global_batch_size=64, epochs=1, learning_rate=1e-3, alpha=0.7, pretrained=False)
+    hparams.update(dropout1=0.3, dropout2=0.5, dropout3=0.4)
+    meta = {"trial_cls_spec": "model_def:SiameseTrial", "hparams": hparams, "experiment_config": {}}
+    (folder / "load_data.json").write_text(json.dumps(meta))
+
+
+def dedup_peak(checkpoint, folder, output, env: dict) -> tuple[int, float]:
+    """Peak RSS (bytes) and seconds of ``python model_inference.py dedup`` in a process of its own."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    command = [sys.executable, "-c", PEAK_SCRIPT, "model_inference.py", "dedup", str(checkpoint), str(folder)]
+    started = time.perf_counter()
+    done = subprocess.run(
+        command + ["--output", str(output)], capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1]
+    )
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"dedup of {folder} failed: {done.stderr.strip()[-300:]}")
+    return int(done.stderr.split("peak-rss-bytes")[-1].split()[0]), seconds
+
+
+def bench_memory(quick: bool, row: Callable[..., None], target: Callable[..., None], write_photos) -> None:
+    """Local dedup's memory per photo beyond a fixed base: peak RSS of the real command (random
+    checkpoint, MobileNetV3-Large trunk through the default engine) on 5,000 and 30,000 generated
+    photos (``--quick``: 1,000 and 5,000), (peak_big - peak_small) / (big - small). The photos are
+    320x240 JPEGs: decoding is streamed a chunk at a time, so their size changes the base, not the
+    slope. The small folder is hard links to the big one's first photos; a 20-photo run first
+    fills the engine's export cache, so neither measured run pays for the export."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    small, big = MEMORY_SIZES[quick]
+    with tempfile.TemporaryDirectory(prefix="samespace-memory-") as tmp:
+        root = Path(tmp)
+        env = dict(os.environ, XDG_CACHE_HOME=str(root / "cache"))
+        random_checkpoint(root / "checkpoint")
+        write_photos(root / f"photos{big}", big, size=(320, 240))
+        photos = sorted((root / f"photos{big}").iterdir())
+        for n in (20, small):
+            (root / f"photos{n}").mkdir()
+            for path in photos[:n]:
+                os.link(path, root / f"photos{n}" / path.name)
+        dedup_peak(root / "checkpoint", root / "photos20", root / "out20", env)  # the engine's export
+        peaks = {n: dedup_peak(root / "checkpoint", root / f"photos{n}", root / f"out{n}", env) for n in (small, big)}
+    for n, (peak, seconds) in peaks.items():
+        row("scale", f"dedup of {n:,} photos (320x240): peak RSS, time", f"{peak / 2**30:.2f} GiB, {seconds:.0f} s")
+    per_photo = (peaks[big][0] - peaks[small][0]) / (big - small)
+    base = peaks[small][0] - per_photo * small
+    measured = f"{per_photo / 1e3:.1f} KB"
+    row("scale", f"dedup memory per photo ({small:,} -> {big:,}); fixed base", f"{measured}; {base / 2**30:.2f} GiB")
+    if quick:
+        quick_line = f"{measured} ({small:,} -> {big:,}, --quick)"
+        target("dedup_memory_per_photo", quick_line, "<= 12 KB at 5,000 -> 30,000", None)
+    else:
+        target("dedup_memory_per_photo", measured, "<= 12 KB", per_photo <= 12_000)

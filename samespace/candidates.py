@@ -26,8 +26,9 @@ joins them on disk with faiss's ``merge_ondisk``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,6 +64,34 @@ def knn_exact(vectors: torch.Tensor, k: int, block: int = 2048) -> np.ndarray:
         rows = torch.arange(stop - start, device=similarity.device)
         similarity[rows, rows + start] = -torch.inf  # never one's own neighbour
         out[start:stop] = similarity.topk(k, dim=1).indices.cpu().numpy()
+    return out
+
+
+@torch.inference_mode()
+def knn_exact_towers(first: torch.Tensor, second: torch.Tensor, k: int, block: int = 2048) -> np.ndarray:
+    """``knn_exact`` of ``search_vectors(first, second)`` without that (N, 2560) copy: each block
+    of rows and of columns is normalised as it is needed (``search_vectors`` is row by row, so the
+    values are the same), and each row's running top k is merged tile by tile, so memory holds a
+    block x block similarity tile beside the embeddings, whatever N."""
+    n = len(first)
+    k = min(k, n - 1)
+    out = np.empty((n, k), np.int64)
+    for start in console.progress(range(0, n, block), desc="nearest neighbours"):
+        stop = min(n, start + block)
+        queries = search_vectors(first[start:stop], second[start:stop])
+        best = torch.full((stop - start, k), -torch.inf, device=queries.device)
+        found = torch.zeros((stop - start, k), dtype=torch.int64, device=queries.device)
+        for column in range(0, n, block):
+            end = min(n, column + block)
+            similarity = queries @ search_vectors(first[column:end], second[column:end]).T
+            if column < stop and start < end:  # never one's own neighbour
+                rows = torch.arange(max(start, column), min(stop, end), device=similarity.device)
+                similarity[rows - start, rows - column] = -torch.inf
+            top = similarity.topk(min(k, end - column), dim=1)
+            merged = torch.cat([best, top.values], dim=1).topk(k, dim=1)
+            found = torch.cat([found, top.indices + column], dim=1).gather(1, merged.indices)
+            best = merged.values
+        out[start:stop] = found.cpu().numpy()
     return out
 
 
@@ -202,12 +231,28 @@ def merge_shards(trained, shard_paths: list[str], data_path: str):
 def knn_ivfpq(vectors: torch.Tensor, k: int, nprobe: int = NPROBE, block: int = 20_000, seed: int = 0) -> np.ndarray:
     """Approximate neighbours from a compressed IVF-SQ8 index trained on a seeded sample."""
     array = np.ascontiguousarray(vectors.detach().float().cpu().numpy())
-    n, k = len(array), min(k, len(array) - 1)
-    sample = array[np.sort(np.random.default_rng(seed).choice(n, training_size(n), replace=False))]
-    index = compressed_index(array.shape[1], n, sample, nprobe)
-    blocks = [array[start : start + block] for start in range(0, n, block)]
-    add_blocks(index, blocks)
-    return np.concatenate(list(search_blocks(index, console.progress(blocks, desc="nearest neighbours"), k)))
+    return knn_ivfpq_of(len(array), array.shape[1], lambda rows: array[rows], k, nprobe, block, seed)
+
+
+def knn_ivfpq_of(
+    n: int,
+    dim: int,
+    rows_of: Callable[[Any], np.ndarray],
+    k: int,
+    nprobe: int = NPROBE,
+    block: int = 20_000,
+    seed: int = 0,
+) -> np.ndarray:
+    """``knn_ivfpq`` of n vectors that ``rows_of(rows)`` gives a slice or sorted index array at a
+    time, so that they need never all be held at once."""
+    k = min(k, n - 1)
+    sample = rows_of(np.sort(np.random.default_rng(seed).choice(n, training_size(n), replace=False)))
+    index = compressed_index(dim, n, sample, nprobe)
+    del sample
+    starts = range(0, n, block)
+    add_blocks(index, (rows_of(slice(start, start + block)) for start in starts))
+    blocks = (rows_of(slice(start, start + block)) for start in console.progress(starts, desc="nearest neighbours"))
+    return np.concatenate(list(search_blocks(index, blocks, k)))
 
 
 def nearest_neighbours(vectors: torch.Tensor, k: int, method: str = "auto") -> np.ndarray:
@@ -222,6 +267,28 @@ def nearest_neighbours(vectors: torch.Tensor, k: int, method: str = "auto") -> n
             return knn_ivfpq(vectors, k)
         logger.info("ivfpq needs at least %d photos to train; exact search for %d", COMPRESSED_MIN, len(vectors))
     return knn_exact(vectors, k)
+
+
+def tower_neighbours(first: torch.Tensor, second: torch.Tensor, k: int, method: str = "auto") -> np.ndarray:
+    """``nearest_neighbours(search_vectors(first, second), k, method)`` from the towers'
+    embeddings, the unit vectors made block by block (exact, ivfpq), so that their (N, 2560) copy
+    is never held (HNSW, ``faiss``, keeps its own copy of them anyway)."""
+    n = len(first)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}")
+    if n < 2 or k < 1:
+        return np.empty((n, 0), np.int64)
+    if method == "faiss":
+        return knn_faiss(search_vectors(first, second), k)
+    if method == "ivfpq" or (method == "auto" and n > EXACT_LIMIT):
+        if n >= COMPRESSED_MIN:
+
+            def rows_of(rows: Any) -> np.ndarray:
+                return search_vectors(first[rows], second[rows]).detach().float().cpu().numpy()
+
+            return knn_ivfpq_of(n, first.shape[1] + second.shape[1], rows_of, k)
+        logger.info("ivfpq needs at least %d photos to train; exact search for %d", COMPRESSED_MIN, n)
+    return knn_exact_towers(first, second, k)
 
 
 def candidate_pairs(neighbours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

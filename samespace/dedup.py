@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -87,18 +87,26 @@ class Dedup:
         """imagededup's format: every photo mapped to its duplicates (with scores, best first).
         An identical group is listed as a star (its first file and each copy), so the map grows
         with the number of copies, not with its square."""
-        found: dict[str, list] = {name: [] for name in self.names}
+        return dict(self.duplicate_items(with_scores))
+
+    def duplicate_items(self, with_scores: bool = False) -> Iterator[tuple[str, list]]:
+        """``duplicates()`` one photo at a time, in name order, so that no per-pair object of
+        the whole map is ever held: the pairs are sorted by photo (and by their order) once."""
         model = self.duplicate_reasons == MODEL
         a, b, s = (column[model] for column in self.duplicate_pairs)
         same_a, same_b = self.identical_pairs()
-        pairs = zip(np.concatenate([a, same_a]), np.concatenate([b, same_b]), np.concatenate([s, np.ones(len(same_a))]))
-        for a, b, score in pairs:
-            found[self.names[a]].append((self.names[b], round(float(score), 6)))
-            found[self.names[b]].append((self.names[a], round(float(score), 6)))
-        for name, hits in found.items():
+        a, b = np.concatenate([a, same_a]).astype(np.int64), np.concatenate([b, same_b]).astype(np.int64)
+        s = np.concatenate([s, np.ones(len(same_a))])
+        pair = np.arange(len(a))  # each pair is listed under both photos, in pair order
+        photo, partner, pair = np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([pair, pair])
+        order = np.lexsort((pair, photo))
+        photo, partner, pair = photo[order], partner[order], pair[order]
+        bounds = np.searchsorted(photo, np.arange(len(self.names) + 1))
+        for index, name in enumerate(self.names):
+            rows = range(bounds[index], bounds[index + 1])
+            hits = [(self.names[partner[r]], round(float(s[pair[r]]), 6)) for r in rows]
             hits.sort(key=lambda hit: -hit[1])
-            found[name] = hits if with_scores else [hit[0] for hit in hits]
-        return found
+            yield name, hits if with_scores else [hit[0] for hit in hits]
 
     def groups(self) -> list[list[int]]:
         """Duplicate groups (two or more photos), largest first, each a star: the kept photo
@@ -119,7 +127,7 @@ def find_candidates(
     if search == "all":
         a, b = scoring.all_upper_pairs(n)
     else:
-        table = candidates.nearest_neighbours(candidates.search_vectors(first, second), neighbours, method=index)
+        table = candidates.tower_neighbours(first, second, neighbours, method=index)
         a, b = candidates.candidate_pairs(table)
     return a, b, search
 
@@ -391,8 +399,9 @@ def embed_photos(
     # bfloat16 trunk on CUDA, where it scores alike; engine_name: onnxruntime on the CPU (engine.py)
     embedder = scoring.Embedder(net, device, autocast=True, engine_name=engine_name)
     # Byte-identical copies first: only one of each group is decoded and scored (O(copies)).
-    kept = read_representatives(folder, listing, lambda files: scoring.features_of_files(embedder, files))
-    first, second = embedder.embed(kept.read)
+    # each chunk's trunk features go through the towers at once, so only embeddings stay
+    kept = read_representatives(folder, listing, lambda files: scoring.features_of_files(embedder, files, towers=True))
+    first, second = kept.read
     index_of, copies_of = kept.index_of, kept.copies.copies_of
     return Embedded(
         folder,
@@ -481,14 +490,16 @@ def dedup_embedded(
     )
 
 
-def report_pairs(result: Dedup) -> tuple[dict[tuple[int, int], float], set[tuple[int, int]]]:
-    """The pairs a report shows: model duplicates with their scores, and each identical group as
-    a star (first file, copy), with the set of those identical pairs to label them apart."""
+def report_pairs(result: Dedup) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], set[tuple[int, int]]]:
+    """The pairs a report shows, as arrays (first, second, score): model duplicates with their
+    scores, and each identical group as a star (first file, copy, 1.0), with the set of those
+    identical pairs to label them apart."""
     model = result.duplicate_reasons == MODEL
-    pair_scores = {(int(a), int(b)): float(s) for a, b, s in zip(*(c[model] for c in result.duplicate_pairs))}
-    identical = set(zip(*(c.tolist() for c in result.identical_pairs())))
-    pair_scores.update(dict.fromkeys(identical, 1.0))
-    return pair_scores, identical
+    a, b, s = (c[model] for c in result.duplicate_pairs)
+    same_a, same_b = result.identical_pairs()
+    identical = set(zip(same_a.tolist(), same_b.tolist()))
+    pairs = np.concatenate([a, same_a]), np.concatenate([b, same_b]), np.concatenate([s, np.ones(len(same_a))])
+    return pairs, identical
 
 
 def decision_aids(result: Dedup, identical: set[tuple[int, int]]) -> dict:
@@ -525,7 +536,7 @@ def write_outputs(
         "photos": len(result.names),
         "groups": len(groups),
         "photos in groups": sum(len(members) for members in groups),
-        "duplicate pairs": len(pair_scores),
+        "duplicate pairs": len(pair_scores[0]),
         "skipped files": len(result.unreadable),
         "threshold": round(float(result.threshold), 4),
         **({"threshold from": threshold_source} if threshold_source else {}),
@@ -539,7 +550,7 @@ def write_outputs(
     }
     reports.prepare_output(output, force=True, create=False)  # the caller checked it before the work
     with reports.output_set(output) as new:  # replaced as a set, or not at all
-        reports.write_json(new / "duplicates.json", result.duplicates(with_scores))
+        reports.write_json_items(new / "duplicates.json", result.duplicate_items(with_scores))
         reports.write_json(new / "to_remove.json", removable)
         reports.write_pairs_csv(
             new / "pairs.csv", result.names, result.first, result.second, result.scores, result.identical

@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Iterator, Sequence
+from typing import IO, TYPE_CHECKING, Iterable, Iterator, Sequence
 from urllib.parse import quote
 
 import numpy as np
@@ -182,6 +182,19 @@ def write_json(path: Path, payload: object) -> Path:
     text = to_json(payload)
     with atomic_write(path, "w", encoding="utf-8") as handle:
         handle.write(text)
+    return path
+
+
+def write_json_items(path: Path, items: Iterable[tuple[str, object]]) -> Path:
+    """A JSON object written one member at a time, the text ``write_json`` would write for
+    ``dict(items)``, without holding the whole object or its text."""
+    with atomic_write(path, "w", encoding="utf-8") as handle:
+        empty = True
+        for key, value in items:
+            member = to_json({key: value})[2:-3]  # '{\n  "key": ...\n}\n' less its braces
+            handle.write(("{\n" if empty else ",\n") + member)
+            empty = False
+        handle.write("{}\n" if empty else "\n}\n")
     return path
 
 
@@ -506,12 +519,39 @@ def pages_of(groups: Sequence[Sequence[int]]) -> list[range]:
     return pages
 
 
+class GroupRows:
+    """Each group's (score, first, second) pairs, built when its group is written: the pairs are
+    kept as arrays sorted by group, not as a Python tuple per pair."""
+
+    def __init__(
+        self,
+        pair_scores: dict[tuple[int, int], float] | tuple[np.ndarray, np.ndarray, np.ndarray],
+        group_of: dict[int, int],
+        count: int,
+    ):
+        if isinstance(pair_scores, dict):
+            a, b = (np.array([pair[side] for pair in pair_scores], dtype=np.int64) for side in (0, 1))
+            s = np.array(list(pair_scores.values()), dtype=np.float64)
+        else:
+            a, b, s = (np.asarray(column) for column in pair_scores)
+        number = np.full(max(count, 1), -1, dtype=np.int64)
+        number[list(group_of)] = list(group_of.values())
+        joined = np.flatnonzero((number[a] >= 0) & (number[a] == number[b])) if len(a) else np.zeros(0, np.int64)
+        order = joined[np.argsort(number[a[joined]], kind="stable")]  # groups are joined by these pairs
+        self.a, self.b, self.s = a[order], b[order], s[order]
+        self.bounds = np.searchsorted(number[self.a], np.arange(len(set(group_of.values())) + 1))
+
+    def __getitem__(self, group: int) -> list[tuple[float, int, int]]:
+        span = range(self.bounds[group], self.bounds[group + 1])
+        return [(float(self.s[k]), int(self.a[k]), int(self.b[k])) for k in span]
+
+
 def write_dedup_html(
     path: Path,
     folder: Path,
     names: Sequence[str],
     groups: Sequence[Sequence[int]],
-    pair_scores: dict[tuple[int, int], float],
+    pair_scores: dict[tuple[int, int], float] | tuple[np.ndarray, np.ndarray, np.ndarray],
     unreadable: Sequence[Skipped],
     summary: dict,
     identical: set[tuple[int, int]] = frozenset(),
@@ -537,20 +577,21 @@ def write_dedup_html(
 
     report_folder = Path(path).parent
     groups = sorted(groups, key=lambda members: (-len(members), min(members)))
-    members_in_groups = [m for members in groups for m in members]
     copy_of = {b: a for a, b in identical}  # an identical copy shows its first file's thumbnail
-    drawn = [m for m in members_in_groups if m not in copy_of]
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL
-        thumbnails = dict(zip(drawn, pool.map(lambda m: _thumbnail_or_reason(folder / names[m]), drawn)))
-    for member in (m for m in members_in_groups if m in copy_of):
-        shared = thumbnails.get(copy_of[member], "")
-        thumbnails[member] = shared if shared.startswith("data:") else _thumbnail_or_reason(folder / names[member])
+    thumbnails: dict[int, str] = {}  # only the page being written: each page's are dropped after it
+
+    def draw(members: list[int]) -> None:
+        thumbnails.clear()
+        page = set(members)
+        drawn = [m for m in members if m not in copy_of or copy_of[m] not in page]
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # PIL releases the GIL
+            thumbnails.update(zip(drawn, pool.map(lambda m: _thumbnail_or_reason(folder / names[m]), drawn)))
+        for member in (m for m in members if m not in thumbnails):
+            shared = thumbnails.get(copy_of[member], "")
+            thumbnails[member] = shared if shared.startswith("data:") else _thumbnail_or_reason(folder / names[member])
 
     group_of = {member: number for number, members in enumerate(groups) for member in members}
-    rows: list[list[tuple[float, int, int]]] = [[] for _ in groups]
-    for (a, b), score in pair_scores.items():
-        if a in group_of and group_of.get(b) == group_of[a]:  # groups are joined by these pairs
-            rows[group_of[a]].append((score, a, b))
+    rows = GroupRows(pair_scores, group_of, len(names))
 
     kept = {members[0] for members in groups}
 
@@ -558,7 +599,7 @@ def write_dedup_html(
         name, thumbnail = names[member], thumbnails[member]
         mark = "<strong class='kept'>keep</strong> " if member in kept else ""
         detail = f"<br><small class='facts'>{esc(details[member])}</small>" if details and member in details else ""
-        detail += best_match_html(member, (best_matches or {}).get(member), names, thumbnails, identical)
+        detail += best_match_html(member, (best_matches or {}).get(member), names, group_of, identical)
         picture = (
             f"<img src='{thumbnail}' alt='{shown(name)}'>"
             if thumbnail.startswith("data:")
@@ -621,32 +662,36 @@ def write_dedup_html(
         + (LOOK_NOTE if borderline else ". ")
         + "duplicates.json and pairs.csv next to this page have every result.</p></header><main>",
     ]
-    for page_number, page in enumerate(pages_of(groups), 1):
-        smallest, largest = len(groups[page[-1]]), len(groups[page[0]])
-        sizes = f"{smallest:,}–{largest:,}" if smallest != largest else f"{largest:,}"
-        which = f"Groups {page[0] + 1:,}–{page[-1] + 1:,}" if len(page) > 1 else f"Group {page[0] + 1:,}"
-        body = f"<div class='groups'>{''.join(group_html(n + 1, groups[n], rows[n]) for n in page)}</div>"
-        parts.append(
-            f"<details class='page' id='page{page_number}'{' open' if page_number == 1 else ''}>"
-            f"<summary>{which} of {len(groups):,} ({sizes} photos{' each' * (len(page) > 1)})</summary>"
-            + (body if page_number == 1 else f"<script type='text/html'>{body}</script>{NO_SCRIPT}")
-            + "</details>"
-        )
-    if not groups:
-        parts.append("<p id='no-groups'>No duplicates above the threshold.</p>")
-    if borderline and threshold is not None:
-        parts.append(borderline_html(folder, report_folder, names, borderline, threshold, identical))
-    if unreadable:
+    with atomic_write(path, "w", encoding="utf-8") as handle:  # page by page: the page is never held whole
+        handle.write("\n".join(parts))
+        for page_number, page in enumerate(pages_of(groups), 1):
+            draw([m for n in page for m in groups[n]])  # this page's thumbnails only
+            smallest, largest = len(groups[page[-1]]), len(groups[page[0]])
+            sizes = f"{smallest:,}–{largest:,}" if smallest != largest else f"{largest:,}"
+            which = f"Groups {page[0] + 1:,}–{page[-1] + 1:,}" if len(page) > 1 else f"Group {page[0] + 1:,}"
+            body = f"<div class='groups'>{''.join(group_html(n + 1, groups[n], rows[n]) for n in page)}</div>"
+            handle.write(
+                f"\n<details class='page' id='page{page_number}'{' open' if page_number == 1 else ''}>"
+                f"<summary>{which} of {len(groups):,} ({sizes} photos{' each' * (len(page) > 1)})</summary>"
+                + (body if page_number == 1 else f"<script type='text/html'>{body}</script>{NO_SCRIPT}")
+                + "</details>"
+            )
+        thumbnails.clear()
+        parts = []
+        if not groups:
+            parts.append("<p id='no-groups'>No duplicates above the threshold.</p>")
+        if borderline and threshold is not None:
+            parts.append(borderline_html(folder, report_folder, names, borderline, threshold, identical))
+        if unreadable:
 
-        def where(skipped: Skipped) -> str:
-            return str(skipped.path.relative_to(folder) if skipped.path.is_relative_to(folder) else skipped.path)
+            def where(skipped: Skipped) -> str:
+                return str(skipped.path.relative_to(folder) if skipped.path.is_relative_to(folder) else skipped.path)
 
-        items = "".join(f"<li>{shown(where(s))}: {shown(s.reason)}</li>" for s in unreadable)
-        parts.append(
-            f"<section class='skipped' id='skipped'><h2>Skipped files ({len(unreadable):,})</h2>"
-            f"<ul>{items}</ul></section>"
-        )
-    parts.append(f"</main><script>{SCRIPT}</script></body></html>")
-    with atomic_write(path, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(parts) + "\n")
+            items = "".join(f"<li>{shown(where(s))}: {shown(s.reason)}</li>" for s in unreadable)
+            parts.append(
+                f"<section class='skipped' id='skipped'><h2>Skipped files ({len(unreadable):,})</h2>"
+                f"<ul>{items}</ul></section>"
+            )
+        parts.append(f"</main><script>{SCRIPT}</script></body></html>")
+        handle.write("".join("\n" + part for part in parts) + "\n")
     return path

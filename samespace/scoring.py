@@ -148,28 +148,62 @@ class Embedder:
 
 
 class PairScorer:
-    """Head logits of (first, second) item pairs from per-item tower embeddings."""
+    """Head logits of (first, second) item pairs from per-item tower embeddings.
 
-    def __init__(self, head: torch.nn.Sequential, first: torch.Tensor, second: torch.Tensor, batch_size: int = 8192):
+    The first layer's per-item shares are computed block by block, not for every item at once
+    (2 x 2048 floats, 16 KB an item, more than its embeddings): pairs are taken in buckets of
+    (first item's block, second item's block) of ``block`` items each, and a bucket computes the
+    shares of only the items its pairs use. So memory holds at most two blocks' shares, whatever
+    the number of items; up to ``block`` items it is one bucket, each item's share computed once.
+    A share is a row of a matrix product, so only float32 rounding depends on the blocking."""
+
+    def __init__(
+        self,
+        head: torch.nn.Sequential,
+        first: torch.Tensor,
+        second: torch.Tensor,
+        batch_size: int = 8192,
+        block: int = 4096,
+    ):
         layer = head[0]
-        width = first.shape[1]
-        with torch.inference_mode():
-            self.first_share = first @ layer.weight[:, :width].T
-            self.second_share = second @ layer.weight[:, width:].T + layer.bias
+        self.width = first.shape[1]
+        self.first, self.second = first, second
+        self.layer = layer
         self.rest = head[1:].eval()
         self.batch_size = batch_size
+        self.block = block
         self.evaluations = 0  # head evaluations (one per ordered pair)
+
+    def shares(self, items: torch.Tensor, side: int) -> torch.Tensor:
+        """The first layer's share of ``items`` (indices on the embeddings' device) as first (0)
+        or second (1) of a pair; the bias goes with the second."""
+        weight = self.layer.weight
+        if side == 0:
+            return self.first[items] @ weight[:, : self.width].T
+        return self.second[items] @ weight[:, self.width :].T + self.layer.bias
 
     @torch.inference_mode()
     def logits(self, first: np.ndarray | torch.Tensor, second: np.ndarray | torch.Tensor) -> torch.Tensor:
-        first, second = torch.as_tensor(first), torch.as_tensor(second)
-        out = []
-        for start in range(0, len(first), self.batch_size):
-            i = first[start : start + self.batch_size].to(self.first_share.device)
-            j = second[start : start + self.batch_size].to(self.first_share.device)
-            out.append(self.rest(self.first_share[i] + self.second_share[j]).squeeze(1).float().cpu())
+        device = self.first.device
+        first, second = torch.as_tensor(first).to(device), torch.as_tensor(second).to(device)
+        out = torch.zeros(len(first))
+        blocks = max(len(self.first), len(self.second)) // self.block + 1
+        buckets = (first // self.block) * blocks + second // self.block
+        order = torch.argsort(buckets, stable=True)
+        bounds = torch.searchsorted(buckets[order], torch.unique(buckets[order]), right=True).tolist()
+        begin = 0
+        for end in bounds:
+            pairs = order[begin:end]
+            items_i, at_i = torch.unique(first[pairs], return_inverse=True)
+            items_j, at_j = torch.unique(second[pairs], return_inverse=True)
+            share_i, share_j = self.shares(items_i, 0), self.shares(items_j, 1)
+            for start in range(0, len(pairs), self.batch_size):
+                i, j = at_i[start : start + self.batch_size], at_j[start : start + self.batch_size]
+                logits = self.rest(share_i[i] + share_j[j]).squeeze(1).float().cpu()
+                out[pairs[start : start + self.batch_size].cpu()] = logits
+            begin = end
         self.evaluations += len(first)
-        return torch.cat(out) if out else torch.zeros(0)
+        return out
 
     def probabilities(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """P(same space) of unordered pairs: the network is order-sensitive (two towers), so the
@@ -230,12 +264,34 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(saved)
 
 
+class Rows:
+    """Row chunks gathered into tensors allocated once for at most ``capacity`` rows, rather than
+    kept as a list and concatenated (which holds them twice at the end)."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.filled, self.parts = capacity, 0, None
+
+    def add(self, parts: tuple[torch.Tensor, ...]) -> None:
+        if self.parts is None:
+            self.parts = [torch.empty((self.capacity, *p.shape[1:]), dtype=p.dtype, device=p.device) for p in parts]
+        for whole, part in zip(self.parts, parts):
+            whole[self.filled : self.filled + len(part)] = part
+        self.filled += len(parts[0])
+
+    def result(self, empty: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        if self.parts is None:
+            return empty
+        return tuple(whole[: self.filled] for whole in self.parts)
+
+
 def features_of_files(
-    embedder: Embedder, paths: list, chunk: int = 512, decode_threads: int | None = None
-) -> tuple[torch.Tensor, list[int], list[photos.Skipped]]:
+    embedder: Embedder, paths: list, chunk: int = 512, decode_threads: int | None = None, towers: bool = False
+) -> tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor], list[int], list[photos.Skipped]]:
     """Trunk features of photo files, decoded and embedded a chunk at a time so that memory holds
     960 floats per photo rather than its pixels. Returns features, the positions of the photos
-    that decoded, and the files that did not.
+    that decoded, and the files that did not. With ``towers``, each chunk's features go through
+    both towers at once and only their embeddings are kept (first, second): 2 x 1280 floats a
+    photo, the trunk features never all held.
 
     With decode threads (``thread_split``; ``decode_threads`` overrides it), chunk k+1 is decoded
     in the background while the trunk runs on chunk k, the trunk on the remaining threads.
@@ -244,12 +300,13 @@ def features_of_files(
     if decode_threads is not None:
         decoders, trunk_threads = decode_threads, max(1, torch.get_num_threads() - decode_threads)
     starts = range(0, len(paths), chunk)
-    parts, kept, skipped = [], [], []
+    rows, kept, skipped = Rows(len(paths)), [], []
 
     def add(start: int, images: torch.Tensor, ok: list[int], bad: list[photos.Skipped]) -> None:
         nonlocal kept, skipped
         if len(images):
-            parts.append(embedder.backbone(images))
+            trunk_features = embedder.backbone(images)
+            rows.add(embedder.embed(trunk_features) if towers else (trunk_features,))
         kept += [start + i for i in ok]
         skipped += bad
 
@@ -271,4 +328,7 @@ def features_of_files(
                 pending = submit(starts[k + 1]) if k + 1 < len(starts) else []
                 images, ok, bad = photos.gather(results)
                 add(start, photos.as_tensor(images), ok, bad)
-    return (torch.cat(parts) if parts else torch.zeros(0, embedder.net.feature_dim)), kept, skipped
+    if towers:
+        empty = tuple(torch.zeros(0, embedder.net.embedding_dim, device=embedder.device) for _ in range(2))
+        return rows.result(empty), kept, skipped
+    return rows.result((torch.zeros(0, embedder.net.feature_dim),))[0], kept, skipped

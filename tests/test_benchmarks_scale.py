@@ -31,6 +31,31 @@ def test_exact_top_k_is_brute_force_without_the_query_itself(monkeypatch):
     assert np.array_equal(np.sort(found, 1), np.sort(np.argsort(-similarity, 1)[:, :5], 1))
 
 
+def test_memory_benchmark_runs_the_real_command_at_two_sizes(monkeypatch, tmp_path):
+    """bench_memory end to end on 6 and 12 tiny photos: the random checkpoint loads in the real
+    ``dedup`` command, each size is its own process with its own peak, and --quick's target line
+    is marked not measured (a slope from so few photos means nothing)."""
+    from PIL import Image
+
+    from samespace.checkpoints import load_checkpoint
+
+    scale.random_checkpoint(tmp_path / "checkpoint")
+    net, meta = load_checkpoint(tmp_path / "checkpoint")
+    assert meta["hparams"]["pretrained"] is False and net.embedding_dim == 1280
+
+    def write_photos(folder, n, size):
+        folder.mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", size, (20 * i % 256, 100, 200)).save(folder / f"p{i:02d}.jpg")
+
+    rows, targets = [], []
+    monkeypatch.setitem(scale.MEMORY_SIZES, True, (6, 12))
+    scale.bench_memory(True, lambda *r: rows.append(r), lambda *t: targets.append(t), write_photos)
+    peaks = [float(value.split(" GiB")[0]) for _, what, value in rows if "peak RSS" in what]
+    assert len(peaks) == 2 and all(0.1 < peak < 8 for peak in peaks)
+    assert [(name, met) for name, _, _, met in targets] == [("dedup_memory_per_photo", None)]
+
+
 def test_bench_scale_end_to_end_at_a_small_size_reports_what_it_measured(monkeypatch, capsys):
     monkeypatch.setattr(scale, "DIM", 256)  # still projected (PCA192), seconds instead of minutes
     monkeypatch.setattr(scale, "BLOCK", 2_000)

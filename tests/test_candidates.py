@@ -144,6 +144,36 @@ def test_merging_no_shards_or_into_an_unwritable_place_is_refused_in_one_line(tm
     assert "\n" not in str(refused.value)
 
 
+def tower_embeddings(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both towers' embeddings of unequal norms (each tower normalised on its own by search_vectors)."""
+    generator = torch.Generator().manual_seed(seed)
+    scale = torch.rand(n, 1, generator=generator) * 5 + 0.1
+    return torch.randn(n, 1280, generator=generator) * scale, torch.randn(n, 1280, generator=generator) * 2
+
+
+def test_neighbours_from_the_towers_tile_by_tile_equal_those_of_the_joined_unit_vectors():
+    """Tiles of 64 rows and columns (blocks that straddle the own-row diagonal, a last short tile)
+    give the neighbours of search_vectors' whole (N, 2560) copy. Random embeddings: no two
+    similarities within float32 rounding of each other at the k-th place, so the sets are equal."""
+    first, second = tower_embeddings(300)
+    expected = candidates.knn_exact(candidates.search_vectors(first, second), 7)
+    found = candidates.knn_exact_towers(first, second, 7, block=64)
+    assert np.array_equal(np.sort(found, axis=1), np.sort(expected, axis=1))
+    assert np.array_equal(np.sort(candidates.tower_neighbours(first, second, 7), 1), np.sort(expected, 1))
+    assert candidates.knn_exact_towers(first[:3], second[:3], 7).shape == (3, 2)
+    assert candidates.tower_neighbours(first[:1], second[:1], 7).shape == (1, 0)
+
+
+def test_tower_neighbours_search_the_compressed_index_from_blocks_like_the_whole_copy(monkeypatch):
+    vectors, planted = planted_duplicates(n=6_000, dim=640)
+    first, second = vectors[:, :320] * 3, vectors[:, 320:]  # search_vectors renormalises each half
+    joined = candidates.search_vectors(first, second)
+    monkeypatch.setattr(candidates, "COMPRESSED_MIN", 1)
+    expected = candidates.knn_ivfpq(joined, 10)
+    found = candidates.tower_neighbours(first, second, 10, method="ivfpq")
+    assert np.array_equal(found, expected)  # the same seeded sample and blocks: bit for bit
+
+
 def test_shards_filled_from_one_trained_index_merge_on_disk_into_one_index(tmp_path):
     import faiss
 

@@ -154,3 +154,57 @@ def test_bf16_stays_on_only_if_the_first_batch_scores_alike(small_net, monkeypat
     assert guarded.autocast_checked and guarded.autocast == kept and guarded.trunk_images == 6
     assert torch.equal(found[:4], exact_features(guarded.trunk, images[:4]))  # the checked batch: float32
     assert torch.equal(found[4:], exact_features(guarded.trunk, images[4:])) != kept  # the rest: as decided
+
+
+def all_at_once_logits(head, first, second, a, b) -> torch.Tensor:
+    """The scorer before it worked block by block: every item's first-layer share at once."""
+    layer, width = head[0], first.shape[1]
+    with torch.inference_mode():
+        first_share = first @ layer.weight[:, :width].T
+        second_share = second @ layer.weight[:, width:].T + layer.bias
+        return head[1:](first_share[a] + second_share[b]).squeeze(1)
+
+
+def test_blockwise_shares_give_the_all_at_once_logits_in_bounded_memory(small_net, monkeypatch):
+    """Buckets of 16-item blocks over 100 items: every share a bucket computes is for at most a
+    block of items, never for all of them, and the logits equal the all-at-once scorer's (a
+    share is a row of a matrix product either way: float32 rounding of the summation order only)."""
+    torch.manual_seed(3)
+    first, second = torch.randn(100, 1280), torch.randn(100, 1280)
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 100, 700), rng.integers(0, 100, 700)  # knn-like: scattered partners
+    scorer = scoring.PairScorer(small_net.head, first, second, batch_size=64, block=16)
+    rows = []
+    shares = scorer.shares
+    monkeypatch.setattr(scorer, "shares", lambda items, side: rows.append(len(items)) or shares(items, side))
+    atol = float32_atol(summed_terms(small_net.head))
+    expected = all_at_once_logits(small_net.head, first, second, torch.from_numpy(a), torch.from_numpy(b))
+    assert torch.allclose(scorer.logits(a, b), expected, rtol=0, atol=atol)
+    assert max(rows) <= 16 and sum(rows) > 100 and scorer.evaluations == 700
+    whole = scoring.PairScorer(small_net.head, first, second)  # one bucket: each item's shares once
+    assert torch.allclose(whole.logits(a, b), expected, rtol=0, atol=atol)
+
+
+def test_files_embedded_through_the_towers_chunk_by_chunk_equal_the_towers_on_all_features(small_net, tmp_path):
+    from PIL import Image
+
+    paths = []
+    for i in range(7):
+        path = tmp_path / f"p{i}.png"
+        if i == 3:
+            path.write_text("not a photo")
+        else:
+            Image.new("RGB", (20, 20), (30 * i, 10, 200 - 20 * i)).save(path)
+        paths.append(path)
+    embedder = scoring.Embedder(small_net, torch.device("cpu"))
+    (first, second), kept, skipped = scoring.features_of_files(embedder, paths, chunk=3, towers=True)
+    features, same_kept, _ = scoring.features_of_files(embedder, paths, chunk=100)
+    expected = embedder.embed(features)
+    assert kept == same_kept == [0, 1, 2, 4, 5, 6] and [s.path.name for s in skipped] == ["p3.png"]
+    # Another batch size: the trunk's and the towers' sums in another order (float32 rounding).
+    atol = float32_atol(summed_terms(small_net.trunk, small_net.towers[0]))
+    assert first.shape == second.shape == (6, 1280)
+    assert torch.allclose(first, expected[0], rtol=0, atol=atol)
+    assert torch.allclose(second, expected[1], rtol=0, atol=atol)
+    nothing, kept, _ = scoring.features_of_files(embedder, paths[3:4], towers=True)
+    assert [t.shape for t in nothing] == [(0, 1280), (0, 1280)] and kept == []
