@@ -227,11 +227,17 @@ def forward_only(embedded: dedup.Embedded, root: Path, new: Path, k: int) -> set
     return found
 
 
-def test_in_neighbour_search_built_extended_and_queried_gives_the_new_pairs_of_one_dedup_over_the_union(tmp_path):
+def saved_from_a(tmp_path: Path):
+    """The injected parts, and a catalogue saved from part A: (net, union, vectors, catalogue folder)."""
     net = small_network()
     union, vectors = injected_parts(tmp_path)
     kept = tmp_path / "kept"
     catalogue.save(kept, net, embedded_of(union, ["A"], vectors), neighbours=NEIGHBOURS)
+    return net, union, vectors, kept
+
+
+def test_in_neighbour_search_built_extended_and_queried_gives_the_new_pairs_of_one_dedup_over_the_union(tmp_path):
+    net, union, vectors, kept = saved_from_a(tmp_path)
     atol = float32_atol(summed_terms(net.head)) / 4  # other batches of the head: float32 rounding only
     for parts, add in ((["A", "B"], True), (["A", "B", "C"], False)):
         new = union / parts[-1]
@@ -274,10 +280,7 @@ def test_kept_similarities_are_each_photos_nearest_and_a_wider_search_is_refused
 
 
 def test_a_format_1_catalogue_is_queried_after_one_line_and_its_add_keeps_format_2(tmp_path, caplog):
-    net = small_network()
-    union, vectors = injected_parts(tmp_path)
-    kept = tmp_path / "kept"
-    catalogue.save(kept, net, embedded_of(union, ["A"], vectors), neighbours=NEIGHBOURS)
+    net, union, vectors, kept = saved_from_a(tmp_path)
     query = dict(search="knn", neighbours=NEIGHBOURS)
     new = embedded_of(union / "B", ["."], vectors)
     now, _ = catalogue.against(catalogue.load(kept), new, net.head, **query)
@@ -337,10 +340,7 @@ def test_nearest_similarities_that_would_lose_pairs_are_refused_in_one_line(tmp_
 
 
 def test_a_query_loading_while_an_add_switches_reads_the_new_catalogue(tmp_path, monkeypatch):
-    net = small_network()
-    union, vectors = injected_parts(tmp_path)
-    kept = tmp_path / "kept"
-    catalogue.save(kept, net, embedded_of(union, ["A"], vectors), neighbours=NEIGHBOURS)
+    net, union, vectors, kept = saved_from_a(tmp_path)
     before = catalogue.load(kept)
     _, addition = catalogue.against(before, embedded_of(union / "B", ["."], vectors), net.head)
     read_segment, calls = catalogue.read_segment, []
@@ -358,10 +358,7 @@ def test_a_query_loading_while_an_add_switches_reads_the_new_catalogue(tmp_path,
 
 
 def test_an_add_from_a_catalogue_that_changed_since_it_was_loaded_is_refused(tmp_path):
-    net = small_network()
-    union, vectors = injected_parts(tmp_path)
-    kept = tmp_path / "kept"
-    catalogue.save(kept, net, embedded_of(union, ["A"], vectors), neighbours=NEIGHBOURS)
+    net, union, vectors, kept = saved_from_a(tmp_path)
     loaded = catalogue.load(kept)  # two queries of one state, as two --add processes would load it
     _, with_b = catalogue.against(loaded, embedded_of(union / "B", ["."], vectors), net.head)
     _, with_c = catalogue.against(loaded, embedded_of(union / "C", ["."], vectors), net.head)

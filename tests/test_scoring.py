@@ -85,18 +85,24 @@ def test_thread_split_never_oversubscribes_the_cores():
         assert trunk == 1 and decoders == max(1, budget - 1)  # the GPU runs the trunk; the CPU decodes
 
 
-def test_decoding_in_the_background_gives_what_decoding_in_turn_gives(small_net, tmp_path):
+def photo_files(folder, n: int, unreadable: int, suffix: str) -> list:
+    """``n`` small photo files p0.. (random pixels), the one at ``unreadable`` not a photo."""
     from PIL import Image
 
     paths = []
-    for i in range(8):
-        path = tmp_path / f"p{i}.jpg"
-        if i == 4:
+    for i in range(n):
+        path = folder / f"p{i}{suffix}"
+        if i == unreadable:
             path.write_text("not a photo")
         else:
             pixels = np.random.default_rng(i).integers(0, 256, (48, 64, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(path, quality=90)
         paths.append(path)
+    return paths
+
+
+def test_decoding_in_the_background_gives_what_decoding_in_turn_gives(small_net, tmp_path):
+    paths = photo_files(tmp_path, 8, unreadable=4, suffix=".jpg")
     threads = torch.get_num_threads()
     in_turn = scoring.features_of_files(scoring.Embedder(small_net, torch.device("cpu")), paths, 3, decode_threads=0)
     overlapped = scoring.features_of_files(scoring.Embedder(small_net, torch.device("cpu")), paths, 3, decode_threads=1)
@@ -186,16 +192,7 @@ def test_blockwise_shares_give_the_all_at_once_logits_in_bounded_memory(small_ne
 
 
 def test_files_embedded_through_the_towers_chunk_by_chunk_equal_the_towers_on_all_features(small_net, tmp_path):
-    from PIL import Image
-
-    paths = []
-    for i in range(7):
-        path = tmp_path / f"p{i}.png"
-        if i == 3:
-            path.write_text("not a photo")
-        else:
-            Image.new("RGB", (20, 20), (30 * i, 10, 200 - 20 * i)).save(path)
-        paths.append(path)
+    paths = photo_files(tmp_path, 7, unreadable=3, suffix=".png")
     embedder = scoring.Embedder(small_net, torch.device("cpu"))
     (first, second), kept, skipped = scoring.features_of_files(embedder, paths, chunk=3, towers=True)
     features, same_kept, _ = scoring.features_of_files(embedder, paths, chunk=100)
