@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from samespace import candidates, dedup, features, photos, reports
+from samespace.checkpoints import sha256_of
 from samespace.errors import DataError, OutputError, first_line, printable
 from samespace.network import SiameseNet
 
@@ -157,21 +158,21 @@ def nearest_similarities(
     first: torch.Tensor, second: torch.Tensor, k: int, index: str = "auto", block: int = 512
 ) -> np.ndarray:
     """Each photo's k largest cosine similarities to the others (descending; ``-inf`` where there
-    are fewer), of the neighbours dedup's own search finds (``candidates.nearest_neighbours``)."""
-    vectors = candidates.search_vectors(first.detach().float().cpu(), second.detach().float().cpu())
-    table = torch.as_tensor(candidates.nearest_neighbours(vectors, k, method=index))
-    out = torch.full((len(vectors), k), -torch.inf)
-    for start in range(0, len(vectors), block):
+    are fewer), of the neighbours dedup's own search finds (``candidates.tower_neighbours``; the
+    unit vectors made a block at a time, as that search makes them, never all at once)."""
+    first, second = first.detach().float().cpu(), second.detach().float().cpu()
+    width = first.shape[1] + second.shape[1]  # explicit: a photo alone has a (1, 0) table
+    table = torch.as_tensor(candidates.tower_neighbours(first, second, k, method=index))
+    out = torch.full((len(first), k), -torch.inf)
+    for start in range(0, len(first), block):
         found = table[start : start + block]
-        similarity = torch.einsum("nd,nkd->nk", vectors[start : start + len(found)], vectors[found])
+        rows = slice(start, start + len(found))
+        flat = found.flatten()
+        neighbours = candidates.search_vectors(first[flat], second[flat]).view(*found.shape, width)
+        similarity = torch.einsum("nd,nkd->nk", candidates.search_vectors(first[rows], second[rows]), neighbours)
         similarity[found == torch.arange(start, start + len(found))[:, None]] = -torch.inf  # a short list's padding
         out[start : start + len(found), : found.shape[1]] = similarity.sort(dim=1, descending=True).values
     return out.numpy()
-
-
-def sha256_of(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def refuse(folder: Path, why: str) -> DataError:
