@@ -358,7 +358,9 @@ def run_dedup(args: argparse.Namespace) -> None:
     )
     ranking = dict(threshold=args.threshold, search=args.search, neighbours=args.neighbours, keep=args.keep)
     if kept is None:
-        result = dedup.dedup_embedded(embedded, net.head, index=args.index, **ranking)
+        result = dedup.dedup_embedded(
+            embedded, net.head, index=args.index, keep_table=bool(args.save_catalogue), **ranking
+        )
     else:
         result, addition = catalogue.against(kept, embedded, net.head, **ranking)
     summary = dedup.write_outputs(
@@ -372,7 +374,7 @@ def run_dedup(args: argparse.Namespace) -> None:
         threshold_source=source,
     )
     if args.save_catalogue:
-        catalogue.save(args.save_catalogue, net, embedded, neighbours=args.neighbours, index=args.index)
+        catalogue.save(args.save_catalogue, net, embedded, neighbours=args.neighbours, index=args.index, result=result)
     elif args.add:
         catalogue.append(args.against, net, addition, kept)
     print(

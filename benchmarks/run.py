@@ -28,7 +28,8 @@
 7. ``--sections scale`` (benchmarks/scale.py; its parts alone: ``scale-index``, ``scale-against``,
    ``scale-memory``): the compressed candidate index on 1,000,000
    (``--quick``: 100,000) synthetic 2,560-d vectors with planted duplicates: recall against exact
-   search on a sample, bytes per photo, build and search time; ``--against`` against dedup of the union;
+   search on a sample, bytes per photo, build and search time; ``--against`` against dedup of the union
+   (and the query's memory per catalogue photo, at a fifth of the catalogue and all of it);
    local dedup's peak RSS per photo at 5,000 and 30,000 photos (``--quick``: 1,000 and 5,000).
 
 Speed does not depend on weight values, so the networks use random weights (no download). Machines

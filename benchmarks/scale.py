@@ -17,6 +17,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -185,6 +186,62 @@ def scored_with(result, root, new) -> dict[tuple[str, str], float]:
     return {pair: s for pair, s in pairs.items() if any(name.startswith(f"{new}/") for name in pair)}
 
 
+class RssPeak:
+    """The process's resident set at most, sampled every 2 ms from /proc while the block runs,
+    beyond what it was before (``ru_maxrss`` would keep an earlier stage's peak)."""
+
+    def __enter__(self) -> RssPeak:
+        import gc
+        import threading
+
+        gc.collect()
+        self.before = self.peak = self.now()
+        self.running = True
+        self.thread = threading.Thread(target=self.watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.running = False
+        self.thread.join()
+
+    @staticmethod
+    def now() -> int:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * resource.getpagesize()
+
+    def watch(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.now())
+            time.sleep(0.002)
+
+    @property
+    def grown(self) -> int:
+        return self.peak - self.before
+
+
+def query_memory(kept, net, new, sizes: tuple[int, int]) -> dict[int, int]:
+    """Peak RSS growth (bytes) of loading a catalogue and querying ``new`` (embedded) against it,
+    for the catalogue ``kept`` cut to each of ``sizes`` photos (its first rows, saved anew): the
+    slope between the two is what the query holds per catalogue photo."""
+    from samespace import catalogue, dedup
+
+    whole = catalogue.load(kept)
+    grown = {}
+    for n in sizes:
+        folder = kept.parent / f"cut{n}"
+        paths = [Path(row.path) for row in whole.rows[:n]]
+        first, second = (torch.from_numpy(side[:n].copy()) for side in (whole.first, whole.second))
+        cut = dedup.Embedded(
+            paths[0].parent, paths, [p.name for p in paths], list(range(n)), {}, first, second, [], n, ""
+        )
+        catalogue.save(folder, net, cut)
+        with RssPeak() as peak:
+            catalogue.against(catalogue.load(folder), new, net.head)
+        grown[n] = peak.grown
+    return grown
+
+
 def bench_against(quick: bool, row: Callable[..., None], target: Callable[..., None], write_photos) -> None:
     """``--against`` with 100 new photos against a catalogue of 10,000 (``--quick``: 1,000), against
     re-running dedup on the union, both with their default search (k = 20 nearest, exact: the
@@ -192,7 +249,8 @@ def bench_against(quick: bool, row: Callable[..., None], target: Callable[..., N
     (input-dependent random weights: speed only; ``auto``: onnxruntime on the CPU) on generated
     640x480 JPEGs. The catalogue is built from the union run's embeddings of its photos (a build
     of its own would embed them again for nothing). The pairs involving new photos must be the
-    same set, and their scores agree."""
+    same set, and their scores agree. Afterwards, untimed: the query's memory (``query_memory``) at a
+    fifth of the catalogue and at all of it."""
     import shutil
     import tempfile
     from pathlib import Path
@@ -226,6 +284,8 @@ def bench_against(quick: bool, row: Callable[..., None], target: Callable[..., N
         end = time.perf_counter()
         catalogue.append(kept, net, addition, loaded)
         added = time.perf_counter()
+        sizes = (size // 5, size)
+        grown = query_memory(kept, net, dedup.embed_photos(net, union / "new", cpu, engine_name="auto"), sizes)
     ratio = (middle - start) / (end - restart)
     expected, found = scored_with(whole, union, union / "new"), scored_with(query, union / "new", union / "new")
     same = bool(expected) and set(found) == set(expected)
@@ -243,6 +303,12 @@ def bench_against(quick: bool, row: Callable[..., None], target: Callable[..., N
         f"{same} ({len(found):,} found); {gap:.1e}",
     )
     row("scale", f"--against, {label}: --add afterwards (segment + nearest similarities)", f"{added - end:.1f} s")
+    slope = (grown[sizes[1]] - grown[sizes[0]]) / (sizes[1] - sizes[0])
+    row(
+        "scale",
+        f"--against, {new} new: memory of load + query at {sizes[0]:,} / {sizes[1]:,} catalogue photos; per photo",
+        f"+{grown[sizes[0]] / 2**20:.0f} / +{grown[sizes[1]] / 2**20:.0f} MiB; {slope / 1e3:.1f} KB",
+    )
     measured = f"{ratio:.0f}x, same pairs {same}"
     if quick:
         target("against_10000_speedup", f"{measured} at {size:,} (--quick)", ">= 50x and same pairs at 10,000", None)

@@ -247,13 +247,13 @@ def finish(
     embedded = embedded_from_shards(read_shards(shards_folder, manifest), manifest, engine)
     result = dedup.dedup_embedded(
         embedded, net.head, threshold=settings.threshold, search=settings.search,
-        neighbours=settings.neighbours, index=settings.index, keep=settings.keep,
+        neighbours=settings.neighbours, index=settings.index, keep=settings.keep, keep_table=settings.catalogue,
     )  # fmt: skip
     summary = dedup.write_outputs(result, manifest.root, settings.output, False, checkpoint=label, keep=settings.keep)
     if settings.catalogue:
         kept = settings.output / "catalogue"
         if not (kept / catalogue.INDEX).exists():  # a restart after the chief's last step: kept already
-            catalogue.save(kept, net, embedded, neighbours=settings.neighbours, index=settings.index)
+            catalogue.save(kept, net, embedded, neighbours=settings.neighbours, index=settings.index, result=result)
     logger.info("dedup job: %d photos, %d groups, outputs in %s", summary["photos"], summary["groups"], settings.output)
     return summary
 

@@ -195,13 +195,43 @@ def trained_parts(index) -> list[np.ndarray]:
     return parts
 
 
+def shard_ids(index) -> np.ndarray:
+    """Every id an IVF index holds (its inverted lists' ids, 8 bytes a vector), read without its codes."""
+    import faiss
+
+    lists = faiss.extract_index_ivf(index).invlists
+    out = [np.zeros(0, np.int64)]
+    for cell in range(lists.nlist):
+        size = lists.list_size(cell)
+        if size:
+            ids = lists.get_ids(cell)
+            out.append(faiss.rev_swig_ptr(ids, size).copy())
+            lists.release_ids(cell, ids)
+    return np.concatenate(out)
+
+
+def check_disjoint(shard_ids_by_path: dict[str, np.ndarray]) -> None:
+    """Refuse, in one line, shards that hold one id twice: merged, a photo would be found twice and
+    another photo's id lost (ids are rows of the whole photo list)."""
+    ids = np.concatenate(list(shard_ids_by_path.values()))
+    unique, counts = np.unique(ids, return_counts=True)
+    if len(unique) == len(ids):
+        return
+    twice = int(unique[counts > 1][0])
+    holders = [path for path, held in shard_ids_by_path.items() if np.isin(twice, held)]
+    where = f"shards {holders[0]} and {holders[1]}" if len(holders) > 1 else f"shard {holders[0]}"
+    raise ValueError(
+        f"{where} hold id {twice} twice ({int((counts > 1).sum())} ids in all): fill each shard from its own rows"
+    )
+
+
 def merge_shards(trained, shard_paths: list[str], data_path: str):
     """One index over the shards written by ``faiss.write_index`` (each from ``shard`` on a copy of
     ``trained``): their inverted lists are merged into the on-disk file ``data_path`` by faiss's
     ``merge_ondisk`` (shards read memory-mapped), and it searches as one index filled with every
-    shard's vectors. A shard trained apart is refused: its cells would mean other things. Ids are
-    the shards' own; that they do not overlap is the caller's part. No shards, or a ``data_path``
-    faiss cannot write, is one line (``ValueError``, ``OSError``), a partly written file removed."""
+    shard's vectors. A shard trained apart is refused: its cells would mean other things; so are
+    shards that hold one id twice (``check_disjoint``). No shards, or a ``data_path`` faiss cannot
+    write, is one line (``ValueError``, ``OSError``), a partly written file removed."""
     import faiss
     from faiss.contrib.ondisk import merge_ondisk
 
@@ -210,13 +240,17 @@ def merge_shards(trained, shard_paths: list[str], data_path: str):
     if not shard_paths:
         raise ValueError("no shards to merge: give at least one shard file")
     expected = trained_parts(trained)
+    held = {}
     for path in shard_paths:
         try:
-            parts = trained_parts(faiss.read_index(str(path), faiss.IO_FLAG_MMAP))
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP)
+            parts = trained_parts(index)
         except RuntimeError as error:
             raise ValueError(f"shard {path} is not a readable faiss index ({str(error).splitlines()[0]})") from None
         if len(parts) != len(expected) or any(not np.array_equal(a, b) for a, b in zip(parts, expected)):
             raise ValueError(f"shard {path} was not filled from this trained index: fill each from a copy of one")
+        held[str(path)] = shard_ids(index)
+    check_disjoint(held)
     merged = faiss.clone_index(trained)
     try:
         merge_ondisk(merged, [str(path) for path in shard_paths], str(data_path))

@@ -18,8 +18,12 @@ catalogue as it was (the next add removes what such a kill left behind). Adds lo
 refuse a catalogue that another add switched after it was loaded; a load that a switch overtakes
 reads the new catalogue. No candidate index is kept: the search over the embeddings is rebuilt
 for each query (exact, blockwise: 100 new photos against 10,000 cost one 100 x 10,000 x 2,560
-product). A format-1 catalogue (made before the similarities were kept) is queried after
-computing them from its embeddings (one log line; its next ``--add`` stores them).
+product). A query holds the catalogue once, about 10 KB a photo: each file is read once into the
+array it holds (hashed and parsed in place), and the search multiplies the embeddings where they
+lie, scaled to the unit vectors' products (``Union``, ``tower_scales``). A format-1 catalogue
+(made before the similarities were kept) is queried after computing them from its embeddings
+(one log line; its next ``--add`` stores them). ``--save-catalogue`` keeps the similarities of
+the neighbours dedup's own search found (its table, not a second search).
 
 A byte-identical copy keeps its own manifest row and its representative's embeddings and
 similarities. Candidate pairs of a query are those of one dedup over the union that involve a new
@@ -44,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import os
@@ -155,14 +160,24 @@ def representatives_of(embedded: dedup.Embedded) -> np.ndarray:
 
 @torch.inference_mode()
 def nearest_similarities(
-    first: torch.Tensor, second: torch.Tensor, k: int, index: str = "auto", block: int = 512
+    first: torch.Tensor,
+    second: torch.Tensor,
+    k: int,
+    index: str = "auto",
+    block: int = 512,
+    table: np.ndarray | None = None,
 ) -> np.ndarray:
     """Each photo's k largest cosine similarities to the others (descending; ``-inf`` where there
     are fewer), of the neighbours dedup's own search finds (``candidates.tower_neighbours``; the
-    unit vectors made a block at a time, as that search makes them, never all at once)."""
+    unit vectors made a block at a time, as that search makes them, never all at once). ``table``:
+    that search's result from dedup itself (``Dedup.neighbour_table``), so it is not run twice; one
+    of another shape is not it, and the search runs."""
     first, second = first.detach().float().cpu(), second.detach().float().cpu()
     width = first.shape[1] + second.shape[1]  # explicit: a photo alone has a (1, 0) table
-    table = torch.as_tensor(candidates.tower_neighbours(first, second, k, method=index))
+    expected = (len(first), min(k, len(first) - 1) if len(first) >= 2 and k >= 1 else 0)
+    if table is None or table.shape != expected:
+        table = candidates.tower_neighbours(first, second, k, method=index)
+    table = torch.as_tensor(table)
     out = torch.full((len(first), k), -torch.inf)
     for start in range(0, len(first), block):
         found = table[start : start + block]
@@ -193,15 +208,36 @@ def read_index(folder: Path) -> dict:
     return payload
 
 
-def checked_file(folder: Path, entry: dict) -> Path:
-    """A file an index entry names ({name, bytes, sha256}), after checking its size and SHA-256."""
+def checked_bytes(folder: Path, entry: dict) -> tuple[Path, np.ndarray]:
+    """The bytes (uint8) of a file an index entry names ({name, bytes, sha256}), read once and
+    checked for size and SHA-256 (one read, not one to hash and one to parse: at 10,000 photos
+    the embeddings are 100 MB, and a query reads them every time)."""
     name = str(entry["name"])
     path = folder / name
     if Path(name).name != name or not path.is_file():
         raise refuse(folder, f"{path.name} is missing: the catalogue is incomplete; rebuild it")
-    if path.stat().st_size != int(entry["bytes"]) or sha256_of(path) != entry["sha256"]:
+    size = int(entry["bytes"])
+    data = np.fromfile(path, np.uint8) if path.stat().st_size == size else np.zeros(0, np.uint8)
+    if len(data) != size or hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise refuse(folder, f"{path.name} is truncated or corrupt (size or SHA-256 differs): rebuild it")
-    return path
+    return path, data
+
+
+def array_of(data: np.ndarray) -> np.ndarray:
+    """The array of an ``.npy`` file's bytes, a view of them (no copy); ValueError if they are
+    not one whole array of plain numbers (``np.load``'s own header reader, no pickles)."""
+    header = io.BytesIO(data[: 1 << 16].tobytes())
+    version = np.lib.format.read_magic(header)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f".npy format version {version} is not one np.save writes")
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(header)
+    if dtype.hasobject or dtype.itemsize == 0:
+        raise ValueError(f"it holds {dtype} items, not numbers")
+    start = header.tell()
+    if len(data) - start != int(np.prod(shape)) * dtype.itemsize:
+        raise ValueError(f"{len(data) - start} bytes of data for a {shape} {dtype} array")
+    return data[start:].view(dtype).reshape(shape, order="F" if fortran else "C")
 
 
 def read_nearest(folder: Path, payload: dict, photos: int) -> tuple[np.ndarray | None, str | None]:
@@ -209,9 +245,8 @@ def read_nearest(folder: Path, payload: dict, photos: int) -> tuple[np.ndarray |
     if payload["format"] == 1:
         return None, None
     try:
-        entry = payload["nearest"]
-        path = checked_file(folder, entry)
-        nearest = np.load(path, allow_pickle=False)
+        path, data = checked_bytes(folder, payload["nearest"])
+        nearest = array_of(data)
     except (KeyError, TypeError, ValueError, OSError) as exc:
         raise refuse(folder, f"its nearest similarities are unreadable ({first_line(exc)}): rebuild it") from None
     k = payload.get("neighbours")
@@ -232,10 +267,12 @@ def read_segment(folder: Path, segment: dict) -> tuple[list[Row], np.ndarray]:
     try:
         name = str(segment["name"])
         count = int(segment["photos"])
-        files = {kind: checked_file(folder, {**segment[kind], "name": f"{name}.{kind}"}) for kind in ("json", "npy")}
-        manifest = json.loads(files["json"].read_text(encoding="utf-8"))
+        files = {
+            kind: checked_bytes(folder, {**segment[kind], "name": f"{name}.{kind}"})[1] for kind in ("json", "npy")
+        }
+        manifest = json.loads(files["json"].tobytes().decode("utf-8"))
         rows = [Row(str(p), int(s), int(m), str(h)) for p, s, m, h in manifest["rows"]]
-        both = np.load(files["npy"], allow_pickle=False)
+        both = array_of(files["npy"])
     except (KeyError, TypeError, ValueError, OSError) as exc:
         raise refuse(folder, f"segment {segment.get('name')!r} is unreadable ({first_line(exc)}): rebuild it") from None
     if both.dtype != np.float32 or both.ndim != 3 or both.shape[:2] != (count, 2) or len(rows) != count:
@@ -272,10 +309,10 @@ def read_catalogue(folder: Path, payload: dict) -> Catalogue:
         more, both = read_segment(folder, segment)
         rows += more
         parts.append(both)
-    both = np.concatenate(parts) if parts else np.zeros((0, 2, 0), np.float32)
     dims = {part.shape[2] for part in parts}
     if len(dims) > 1:
         raise refuse(folder, f"its segments have embeddings of different widths {sorted(dims)}: rebuild it")
+    both = (parts[0] if len(parts) == 1 else np.concatenate(parts)) if parts else np.zeros((0, 2, 0), np.float32)
     nearest, nearest_file = read_nearest(folder, payload, len(rows))
     return Catalogue(
         folder, str(payload.get("network")), str(payload.get("preprocessing")), list(payload["segments"]),
@@ -392,12 +429,22 @@ def check_unchanged(folder: Path, existing: Catalogue) -> None:
         raise refuse(folder, "it changed since it was loaded (another --add?): nothing added; run the query again")
 
 
-def save(folder: Path, net: SiameseNet, embedded: dedup.Embedded, neighbours: int = 20, index: str = "auto") -> Path:
+def save(
+    folder: Path,
+    net: SiameseNet,
+    embedded: dedup.Embedded,
+    neighbours: int = 20,
+    index: str = "auto",
+    result: dedup.Dedup | None = None,
+) -> Path:
     """A new catalogue of an embedded folder (``--save-catalogue``), with each photo's
-    ``neighbours`` nearest similarities from dedup's own neighbour search (``index``)."""
+    ``neighbours`` nearest similarities from dedup's own neighbour search (``index``): the one
+    ``result`` (dedup of ``embedded`` with the same ``neighbours`` and ``index``, ``keep_table``)
+    ran, else run here."""
     rows, both = rows_of(embedded)
     source = representatives_of(embedded)
-    nearest = nearest_similarities(embedded.first, embedded.second, neighbours, index)[source]
+    table = None if result is None else result.neighbour_table
+    nearest = nearest_similarities(embedded.first, embedded.second, neighbours, index, table=table)[source]
     return append(folder, net, Addition(rows, both, nearest), None)
 
 
@@ -451,6 +498,68 @@ def all_pairs(fresh: np.ndarray, pool: np.ndarray, items: int) -> tuple[np.ndarr
 
 
 @dataclasses.dataclass
+class Union:
+    """Both towers' embeddings of a query's union: the catalogue's items (``< n_old``) then the new
+    ones, each read where it lies, never joined into one (photos, 2,560) copy (at 10,000 photos
+    that copy and its unit vectors would cost more than the search itself)."""
+
+    old_first: torch.Tensor
+    old_second: torch.Tensor
+    new_first: torch.Tensor
+    new_second: torch.Tensor
+
+    @property
+    def n_old(self) -> int:
+        return len(self.old_first)
+
+    def rows(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(first, second) embeddings of ``items`` (indices into the union), gathered."""
+        items = torch.as_tensor(items, dtype=torch.int64)
+        old = items < self.n_old
+        if not len(items):  # the new photos' width, also for an empty catalogue's (0, 0) arrays
+            return self.new_first[:0], self.new_second[:0]
+        if bool(old.all()):
+            return self.old_first[items], self.old_second[items]
+        if not bool(old.any()):
+            return self.new_first[items - self.n_old], self.new_second[items - self.n_old]
+        out = []
+        for catalogued, new in ((self.old_first, self.new_first), (self.old_second, self.new_second)):
+            gathered = torch.empty((len(items), new.shape[1]), dtype=new.dtype)
+            gathered[old], gathered[~old] = catalogued[items[old]], new[items[~old] - self.n_old]
+            out.append(gathered)
+        return out[0], out[1]
+
+    def towers(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``rows``, as views without a copy where ``items`` is a run of consecutive indices on one
+        side (a catalogue without byte copies is searched so)."""
+        items = torch.as_tensor(items, dtype=torch.int64)
+        if len(items) and int(items[-1] - items[0]) == len(items) - 1 and bool((items[1:] > items[:-1]).all()):
+            start, stop = int(items[0]), int(items[-1]) + 1
+            if stop <= self.n_old:
+                return self.old_first[start:stop], self.old_second[start:stop]
+            if start >= self.n_old:
+                return self.new_first[start - self.n_old : stop - self.n_old], self.new_second[
+                    start - self.n_old : stop - self.n_old
+                ]
+        return self.rows(items)
+
+    def unit(self, items: torch.Tensor) -> torch.Tensor:
+        """``candidates.search_vectors`` of ``items``."""
+        return candidates.search_vectors(*self.rows(items))
+
+
+def tower_scales(first: torch.Tensor, second: torch.Tensor, eps: float = 1e-12) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the factors that turn each tower's embedding into its half of the row's
+    ``candidates.search_vectors`` unit vector (each tower normalised, as ``normalize`` does with its
+    ``eps``, then the pair): a product with the raw embeddings times these is a product with the
+    unit vectors, without making them (equal up to float32 rounding)."""
+    r1, r2 = first.norm(dim=1), second.norm(dim=1)
+    n1, n2 = r1.clamp_min(eps), r2.clamp_min(eps)
+    joined = ((r1 / n1) ** 2 + (r2 / n2) ** 2).sqrt().clamp_min(eps)  # sqrt(2) unless a tower is zero
+    return 1 / (n1 * joined), 1 / (n2 * joined)
+
+
+@dataclasses.dataclass
 class Neighbourhood:
     """What one exact search of the fresh items against the pool gives."""
 
@@ -459,36 +568,57 @@ class Neighbourhood:
     kept: np.ndarray  # (catalogue items, K) the kept similarities, the fresh items taken in
 
 
+def entering(lists: torch.Tensor, toward: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(catalogue item, fresh item) positions where the fresh item enters the catalogue item's k
+    nearest in the union: fewer than k union items are more similar to it, counted in its kept
+    similarities (``lists``, descending) and among the fresh items (``toward``: (items, fresh)).
+    Only rows with a fresh item at least as similar as their kept k-th can have one: the exact
+    count runs on those alone."""
+    rows = (toward >= lists[:, k - 1 : k]).any(dim=1).nonzero().squeeze(1)
+    lists, toward = lists[rows, :k], toward[rows]
+    beaten = k - torch.searchsorted(lists.flip(1).contiguous(), toward, right=True)
+    beaten += toward.shape[1] - torch.searchsorted(toward.sort(dim=1).values, toward, right=True)
+    c, n = (beaten < k).nonzero(as_tuple=True)
+    return rows[c], n
+
+
 @torch.inference_mode()
 def search_union(
-    fresh: np.ndarray, pool: np.ndarray, vectors: torch.Tensor, n_old: int, kept: np.ndarray, k: int, block: int = 8192
+    fresh: np.ndarray, pool: np.ndarray, union: Union, kept: np.ndarray, k: int, block: int = 4096
 ) -> Neighbourhood:
-    """The fresh items against the pool (catalogue items ``< n_old``, then the fresh ones), exactly,
-    in blocks of the pool. A pair is a candidate when the pool item is among the fresh item's k
-    nearest (forward), or the fresh item among a catalogue item's k nearest in the union (reverse:
-    fewer than k union items are more similar to it, counted in its ``kept`` similarities and
-    among the fresh items); k = 0: no pairs, only the similarities for ``append``."""
-    width = kept.shape[1]
+    """The fresh items against the pool (catalogue items ``< union.n_old``, then the fresh ones),
+    exactly, in blocks of the pool, each a product of the fresh items' unit vectors with the
+    block's raw tower embeddings in place, scaled (``tower_scales``). A pair is a candidate when the
+    pool item is among the fresh item's k nearest (forward), or the fresh item among a catalogue
+    item's k nearest in the union (reverse, ``entering``); k = 0: no pairs, only the similarities
+    for ``append``."""
+    width, n_old = kept.shape[1], union.n_old
     fresh_t, kept_t = torch.as_tensor(fresh), torch.from_numpy(kept)
-    queries, updated = vectors[fresh_t], kept_t.clone()
+    queries, updated = union.unit(fresh_t), kept_t.clone()
+    halves = queries.split([union.new_first.shape[1], union.new_second.shape[1]], dim=1)
+    depth = min(max(k, width), len(pool))
     top_s, top_i = torch.empty((len(fresh), 0)), torch.empty((len(fresh), 0), dtype=torch.int64)
     reverse = [torch.empty((0, 2), dtype=torch.int64)]
     for start in range(0, len(pool), block):
         columns = torch.as_tensor(pool[start : start + block])
-        similarity = queries @ vectors[columns].T
+        first, second = union.towers(columns)
+        scale_1, scale_2 = tower_scales(first, second)
+        similarity = (halves[0] @ first.T) * scale_1 + (halves[1] @ second.T) * scale_2
         similarity[columns[None, :] == fresh_t[:, None]] = -torch.inf  # never one's own neighbour
-        merged = torch.cat([top_s, similarity], 1)
-        top_s, at = merged.topk(min(max(k, width), merged.shape[1]), dim=1)
-        top_i = torch.cat([top_i, columns.expand(len(fresh), -1)], 1).gather(1, at)
+        best = similarity.topk(min(depth, len(columns)), dim=1)
+        top_s, at = torch.cat([top_s, best.values], 1).topk(min(depth, top_s.shape[1] + len(columns)), dim=1)
+        top_i = torch.cat([top_i, columns[best.indices]], 1).gather(1, at)
         old = columns < n_old
-        items, toward = columns[old], similarity[:, old].T.contiguous()  # (catalogue items, fresh items)
+        items, toward = columns[old], similarity[:, old].T  # (catalogue items, fresh items)
+        if not len(items) or not width:
+            continue
         lists = kept_t[items]
-        if k and len(items):
-            beaten = k - torch.searchsorted(lists[:, :k].flip(1).contiguous(), toward, right=True)
-            beaten += len(fresh) - torch.searchsorted(toward.sort(dim=1).values, toward, right=True)
-            c, n = (beaten < k).nonzero(as_tuple=True)
+        if k:
+            c, n = entering(lists, toward, k)
             reverse.append(torch.stack([items[c], fresh_t[n]], 1))
-        updated[items] = torch.cat([lists, toward], 1).topk(width, dim=1).values
+        changed = (toward > lists[:, -1:]).any(dim=1).nonzero().squeeze(1)  # a fresh item in its kept ones
+        merged = torch.cat([lists[changed], toward[changed]], 1).topk(width, dim=1).values
+        updated[items[changed]] = merged
     forward = torch.stack([fresh_t.repeat_interleave(k), top_i[:, :k].reshape(-1)], 1)
     pairs = np.unique(np.sort(torch.cat([forward, *reverse]).numpy(), axis=1), axis=0)
     nearest = torch.full((len(fresh), width), -torch.inf)
@@ -531,8 +661,7 @@ def against(
     if inside:
         raise refuse(catalogue.folder, f"{printable(inside[0])} is catalogued already: query a folder of new photos")
     n_old, n_new = len(catalogue), len(rows)
-    first = torch.cat([torch.from_numpy(catalogue.first), torch.from_numpy(both[:, 0])])
-    second = torch.cat([torch.from_numpy(catalogue.second), torch.from_numpy(both[:, 1])])
+    union = Union(*(torch.from_numpy(part) for part in (catalogue.first, catalogue.second, both[:, 0], both[:, 1])))
     digests = [row.sha256 for row in catalogue.rows] + [row.sha256 for row in rows]
     by_digest: dict[str, list[int]] = {}
     for item, digest in enumerate(digests):
@@ -546,11 +675,11 @@ def against(
         check_neighbours(catalogue, neighbours)
     kept = similarities_of(catalogue, representative[:n_old], neighbours)
     k = min(neighbours, len(pool) - 1) if search == "knn" else 0
-    found = search_union(fresh, pool, candidates.search_vectors(first, second), n_old, kept, k)
+    found = search_union(fresh, pool, union, kept, k)
     a, b = all_pairs(fresh, pool, len(digests)) if search == "all" else (found.pairs[:, 0], found.pairs[:, 1])
     involved = np.unique(np.concatenate([a, b]))  # the head's first layer only for these
     compact = np.searchsorted(involved, a), np.searchsorted(involved, b)
-    scores, evaluations = dedup.score_pairs(head, first[involved], second[involved], *compact)
+    scores, evaluations = dedup.score_pairs(head, *union.rows(torch.from_numpy(involved)), *compact)
     identical = [group for group in by_digest.values() if len(group) > 1 and group[-1] >= n_old]
     shown = sorted(set(range(n_old, n_old + n_new)) | set(a.tolist()) | set(b.tolist()) | set(sum(identical, [])))
     order = sorted(shown, key=lambda item: (item < n_old, item))  # new photos first

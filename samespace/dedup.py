@@ -47,6 +47,9 @@ class Dedup:
     identical: list[list[int]] = dataclasses.field(default_factory=list)  # byte-identical groups
     ranks: np.ndarray | None = None  # per photo, its rank to be kept (0 first); None: name order
     facts: dict[int, groups_module.PhotoFacts] = dataclasses.field(default_factory=dict)  # photos in duplicates
+    # the k-nearest table of the scored photos (``knn`` search, when asked: ``keep_table``), so that
+    # ``catalogue.save`` keeps their similarities without a second search
+    neighbour_table: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.reasons is None:
@@ -121,15 +124,21 @@ def find_candidates(
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Stage 2: the pairs (a < b) to score, and the search that found them: every pair up to
     ``ALL_PAIRS_LIMIT`` photos (``auto``), else each photo's ``neighbours`` nearest."""
+    a, b, search, _ = candidates_and_table(first, second, search=search, neighbours=neighbours, index=index)
+    return a, b, search
+
+
+def candidates_and_table(
+    first: torch.Tensor, second: torch.Tensor, *, search: str = "auto", neighbours: int = 20, index: str = "auto"
+) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None]:
+    """``find_candidates`` with the k-nearest table it searched (None for ``all``)."""
     n = len(first)
     if search == "auto":
         search = "all" if n <= ALL_PAIRS_LIMIT else "knn"
     if search == "all":
-        a, b = scoring.all_upper_pairs(n)
-    else:
-        table = candidates.tower_neighbours(first, second, neighbours, method=index)
-        a, b = candidates.candidate_pairs(table)
-    return a, b, search
+        return *scoring.all_upper_pairs(n), search, None
+    table = candidates.tower_neighbours(first, second, neighbours, method=index)
+    return *candidates.candidate_pairs(table), search, table
 
 
 def score_pairs(
@@ -481,13 +490,18 @@ def dedup_embedded(
     neighbours: int = 20,
     index: str = "auto",
     keep: str = "largest",
+    keep_table: bool = False,
 ) -> Dedup:
-    """Stages 2-4 on embedded photos: candidates, their head scores, the groups."""
-    a, b, search = find_candidates(embedded.first, embedded.second, search=search, neighbours=neighbours, index=index)
+    """Stages 2-4 on embedded photos: candidates, their head scores, the groups. ``keep_table``
+    keeps the k-nearest table in the result (``neighbour_table``: 8 bytes a neighbour a photo)."""
+    first, second = embedded.first, embedded.second
+    a, b, search, table = candidates_and_table(first, second, search=search, neighbours=neighbours, index=index)
     scores, evaluations = score_pairs(head, embedded.first, embedded.second, a, b)
-    return group_pairs(
+    result = group_pairs(
         embedded, a, b, scores, threshold=threshold, search=search, head_evaluations=evaluations, keep=keep
     )
+    result.neighbour_table = table if keep_table else None
+    return result
 
 
 def report_pairs(result: Dedup) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray], set[tuple[int, int]]]:

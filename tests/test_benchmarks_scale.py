@@ -87,3 +87,36 @@ def test_the_against_benchmark_takes_the_catalogue_part_and_compares_the_new_pho
     result = dedup.Dedup(names, np.array([0, 0, 2]), np.array([1, 2, 3]), np.array([0.1, 0.2, 0.3]), 0.5, "knn", 3)
     found = scale.scored_with(result, tmp_path / "union", tmp_path / "union" / "new")
     assert found == {(str(paths[0]), str(paths[2])): 0.2, (str(paths[2]), str(paths[3])): 0.3}  # kept-kept left out
+
+
+def test_rss_peak_sees_memory_held_for_a_moment_within_its_block():
+    with scale.RssPeak() as peak:
+        held = np.ones(64 * 2**20 // 8)  # 64 MiB, every page touched
+        import time
+
+        time.sleep(0.05)  # at least a few samples while it is held
+        del held
+    assert 60 * 2**20 <= peak.grown <= 200 * 2**20 and not peak.thread.is_alive()
+
+
+def test_query_memory_queries_catalogues_cut_to_each_size(tmp_path):
+    import torch
+
+    from samespace import catalogue, dedup
+    from samespace.network import SiameseNet
+
+    torch.manual_seed(0)
+    net = SiameseNet(pretrained=False).eval()
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    paths = [folder / f"p{k}.jpg" for k in range(12)]
+    for k, path in enumerate(paths):
+        path.write_bytes(f"photo {k}".encode())
+    first, second = torch.randn(12, 1280), torch.randn(12, 1280)
+    everything = dedup.Embedded(folder, paths, [p.name for p in paths], list(range(12)), {}, first, second, [], 12, "")
+    catalogue.save(tmp_path / "kept", net, everything)
+    new = dedup.Embedded(folder, paths[10:], ["a", "b"], [0, 1], {}, first[10:], second[10:], [], 2, "")
+    grown = scale.query_memory(tmp_path / "kept", net, new, (4, 10))
+    assert set(grown) == {4, 10} and all(value >= 0 for value in grown.values())
+    cut = catalogue.load(tmp_path / "cut4")
+    assert len(cut) == 4 and np.array_equal(cut.first, first[:4].numpy())

@@ -217,3 +217,20 @@ def test_a_shard_trained_apart_or_unreadable_is_refused_in_one_line(tmp_path):
     with pytest.raises(ValueError, match="holds 3000 vectors"):
         candidates.merge_shards(candidates.shard(trained, [array[:3_000]], 0), [], tmp_path / "m")
     assert not (tmp_path / "m").exists()
+
+
+def test_shards_that_hold_one_id_twice_are_refused_in_one_line(tmp_path):
+    import faiss
+
+    vectors, _ = planted_duplicates(n=6_000, dim=256)
+    array = vectors.numpy()
+    trained = candidates.compressed_index(256, len(array), array)
+    faiss.write_index(candidates.shard(trained, [array[:3_000]], 0), str(tmp_path / "a.index"))
+    faiss.write_index(candidates.shard(trained, [array[3_000:]], 2_990), str(tmp_path / "b.index"))  # 10 rows early
+    assert np.array_equal(np.sort(candidates.shard_ids(faiss.read_index(str(tmp_path / "a.index")))), np.arange(3_000))
+    paths = [str(tmp_path / "a.index"), str(tmp_path / "b.index")]
+    with pytest.raises(
+        ValueError, match=r"shards .*a.index and .*b.index hold id 2990 twice \(10 ids in all\)"
+    ) as refused:
+        candidates.merge_shards(trained, paths, tmp_path / "m.ivfdata")
+    assert "\n" not in str(refused.value) and not (tmp_path / "m.ivfdata").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import signal
@@ -446,3 +447,162 @@ def test_dedup_command_saves_and_queries_a_catalogue(trained, parts, tmp_path):
     assert "truncated or corrupt" in refused.stderr and not (tmp_path / "o3").exists()
     wrong = run_script("model_inference.py", "dedup", "--method", "phash", parts / "C", "--against", kept, cwd=tmp_path)
     assert wrong.returncode == 2 and "not with a hash --method" in wrong.stderr
+
+
+def strided_union(rng: np.random.Generator, n_old: int, n_new: int, width: int) -> catalogue.Union:
+    """A union whose catalogue towers are views of one (photos, 2, D) array, as a loaded segment
+    holds them, with rows of unequal norms and one all-zero row (``normalize``'s eps case)."""
+    both = (rng.standard_normal((n_old + n_new, 2, width)) * rng.uniform(0.1, 10, (n_old + n_new, 2, 1))).astype(
+        np.float32
+    )
+    both[3, 1] = 0
+    old, new = torch.from_numpy(both[:n_old]), torch.from_numpy(both[n_old:].copy())
+    return catalogue.Union(old[:, 0], old[:, 1], new[:, 0], new[:, 1])
+
+
+def test_the_union_gathers_across_catalogue_and_new_photos_and_views_runs_in_place():
+    union = strided_union(np.random.default_rng(3), 12, 5, 8)
+    whole = [torch.cat([union.old_first, union.new_first]), torch.cat([union.old_second, union.new_second])]
+    for items in ([2, 14, 0, 16], [13, 15], [4, 1], [], [3, 4, 5], [12, 13, 14]):
+        rows = union.rows(torch.tensor(items, dtype=torch.int64))
+        towers = union.towers(torch.tensor(items, dtype=torch.int64))
+        for side in (0, 1):
+            assert torch.equal(rows[side], whole[side][items]) and torch.equal(towers[side], whole[side][items])
+    run = union.towers(torch.arange(3, 6))
+    assert run[0].data_ptr() == union.old_first[3].data_ptr()  # a view: the catalogue is not copied
+    assert union.rows(torch.tensor([], dtype=torch.int64))[0].shape == (0, 8)
+
+
+def test_scaled_tower_products_are_the_products_of_the_unit_vectors():
+    union = strided_union(np.random.default_rng(4), 40, 6, 64)
+    queries = union.unit(torch.arange(40, 46))
+    first, second = union.towers(torch.arange(40))
+    scale_1, scale_2 = catalogue.tower_scales(first, second)
+    scaled = (queries[:, :64] @ first.T) * scale_1 + (queries[:, 64:] @ second.T) * scale_2
+    direct = queries.double() @ candidates.search_vectors(first.double(), second.double()).T
+    # a product of unit vectors: O(1) values through 128 products, then the scale's few roundings
+    assert torch.allclose(scaled.double(), direct, rtol=0, atol=float32_atol(2 * 64 + 4))
+
+
+def reference_search(union: catalogue.Union, fresh: np.ndarray, pool: np.ndarray, kept: np.ndarray, k: int):
+    """search_union's pairs, in float64 from the whole unit vectors: each fresh item with its k
+    nearest in the pool, and each catalogue item with the fresh items among its k nearest (its kept
+    similarities and the fresh ones ranked together). Returns them and the smallest gap at a k-th
+    place (ties there could fall either way): (forward pairs, reverse pairs, gap)."""
+    everything = torch.arange(union.n_old + len(union.new_first))
+    unit = union.unit(everything).double()
+    similarity = unit[fresh] @ unit[pool].T
+    similarity[torch.as_tensor(fresh)[:, None] == torch.as_tensor(pool)[None, :]] = -torch.inf
+    ordered = similarity.sort(dim=1, descending=True)
+    forward = {tuple(sorted((int(f), int(pool[j])))) for f, row in zip(fresh, ordered.indices[:, :k]) for j in row}
+    reverse: set[tuple[int, int]] = set()
+    gaps = [float((ordered.values[:, k - 1] - ordered.values[:, k]).min())]
+    for column, item in enumerate(pool):
+        if item >= union.n_old:
+            continue
+        ranked = torch.cat([torch.from_numpy(kept[item]).double(), similarity[:, column]]).sort(descending=True).values
+        gaps.append(float(ranked[k - 1] - ranked[k]))
+        reverse |= {(int(item), int(f)) for f, s in zip(fresh, similarity[:, column]) if s >= ranked[k - 1]}
+    return forward, reverse, min(gaps)
+
+
+def test_search_union_finds_the_exact_pairs_whatever_its_blocks_and_byte_copies():
+    rng = np.random.default_rng(6)
+    union = strided_union(rng, 60, 9, 16)
+    pool = np.setdiff1d(np.arange(69), [5, 6, 30, 64])  # byte copies: no run of consecutive items
+    fresh = pool[pool >= 60]
+    catalogued = pool[pool < 60]
+    unit = union.unit(torch.as_tensor(catalogued)).double()
+    among = unit @ unit.T
+    among.fill_diagonal_(-torch.inf)
+    kept = np.full((60, 6), -np.inf, np.float32)
+    kept[catalogued] = among.topk(6, dim=1).values.float().numpy()
+    forward, reverse, gap = reference_search(union, fresh, pool, kept, 4)
+    assert gap > 1e-5 and reverse - forward  # no tie float32 rounding could flip; the reverse test counts
+    expected = forward | reverse
+    for block in (1, 7, 4096):
+        found = catalogue.search_union(fresh, pool, union, kept, 4, block=block)
+        assert {tuple(pair) for pair in found.pairs.tolist()} == expected
+        assert found.kept.shape == kept.shape and found.fresh.shape == (len(fresh), 6)
+        assert (np.diff(found.kept[catalogued], axis=1) <= 0).all()
+        assert np.all(found.kept >= kept)  # the kept lists only gain new photos
+
+
+def resigned_segment(kept: Path, data: bytes) -> None:
+    """Replace part-000000.npy with ``data``, catalogue.json naming its new size and SHA-256 (so
+    only the content itself can be wrong)."""
+    payload = json.loads((kept / "catalogue.json").read_text())
+    (kept / "part-000000.npy").write_bytes(data)
+    payload["segments"][0]["npy"] = catalogue.described(kept / "part-000000.npy")
+    (kept / "catalogue.json").write_text(json.dumps(payload))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("cut data", r"segment 'part-000000' is unreadable \(.* bytes of data for a \(150, 2, 1280\) float32 array\)"),
+        ("pickled", r"segment 'part-000000' is unreadable \(it holds object items, not numbers\)"),
+        ("big-endian", r"segment part-000000 holds \(150, 2, 1280\) >f4 for 150 photos: rebuild it"),
+        ("not npy", r"segment 'part-000000' is unreadable \(.*magic string"),
+    ],
+)
+def test_an_embeddings_file_whose_checksum_matches_but_not_its_header_is_refused(tmp_path, damage, message):
+    _, _, _, kept = saved_from_a(tmp_path)
+    data = (kept / "part-000000.npy").read_bytes()
+    if damage == "cut data":  # its header still promises all photos
+        resigned_segment(kept, data[:-1000])
+    elif damage == "pickled":
+        buffer = io.BytesIO()
+        np.save(buffer, np.array([{"x": 1}] * 3, dtype=object), allow_pickle=True)
+        resigned_segment(kept, buffer.getvalue())
+    elif damage == "big-endian":
+        buffer = io.BytesIO()
+        np.save(buffer, np.load(kept / "part-000000.npy").astype(">f4"))
+        resigned_segment(kept, buffer.getvalue())
+    else:
+        resigned_segment(kept, b"not an array at all" * 10)
+    with pytest.raises(DataError, match=message) as caught:
+        catalogue.load(kept)
+    assert "\n" not in str(caught.value)
+
+
+def test_segments_of_different_widths_are_refused_in_one_line(tmp_path):
+    _, _, _, kept = saved_from_a(tmp_path)
+    payload = json.loads((kept / "catalogue.json").read_text())
+    shutil.copy(kept / "part-000000.json", kept / "part-000001.json")
+    np.save(kept / "part-000001.npy", np.load(kept / "part-000000.npy")[:, :, :640])
+    second = {**payload["segments"][0], "name": "part-000001"}
+    second.update({kind: catalogue.described(kept / f"part-000001.{kind}") for kind in ("json", "npy")})
+    (kept / "catalogue.json").write_text(json.dumps({**payload, "segments": [payload["segments"][0], second]}))
+    with pytest.raises(DataError, match=r"its segments have embeddings of different widths \[640, 1280\]: rebuild it"):
+        catalogue.load(kept)
+
+
+def test_a_loaded_catalogue_equals_what_was_saved_and_is_writable(tmp_path):
+    net, union, vectors, kept = saved_from_a(tmp_path)
+    loaded = catalogue.load(kept)
+    embedded = embedded_of(union, ["A"], vectors)
+    rows = catalogue.representatives_of(embedded)
+    assert np.array_equal(loaded.first, embedded.first.numpy()[rows])
+    assert np.array_equal(loaded.second, embedded.second.numpy()[rows])
+    assert loaded.first.flags.writeable and loaded.nearest.flags.writeable  # torch.from_numpy takes them as they are
+
+
+def test_a_catalogue_saved_after_dedup_reuses_its_neighbour_search(tmp_path, monkeypatch):
+    net = small_network()
+    union, vectors = injected_parts(tmp_path)
+    embedded = embedded_of(union, ["A", "B"], vectors)
+    catalogue.save(tmp_path / "searched", net, embedded, neighbours=NEIGHBOURS)
+    result = dedup.dedup_embedded(embedded, net.head, search="knn", neighbours=NEIGHBOURS, keep_table=True)
+    assert result.neighbour_table.shape == (len(embedded.first), NEIGHBOURS)
+    other = dedup.dedup_embedded(embedded, net.head, search="knn", neighbours=NEIGHBOURS - 1, keep_table=True)
+    calls = []
+    search = candidates.tower_neighbours
+    monkeypatch.setattr(candidates, "tower_neighbours", lambda *a, **k: calls.append(1) or search(*a, **k))
+    catalogue.save(tmp_path / "reused", net, embedded, neighbours=NEIGHBOURS, result=result)
+    assert calls == []  # dedup's table, not a second search
+    assert np.array_equal(catalogue.load(tmp_path / "reused").nearest, catalogue.load(tmp_path / "searched").nearest)
+    catalogue.save(tmp_path / "wider", net, embedded, neighbours=NEIGHBOURS, result=other)
+    assert calls == [1]  # a table of other k is not the one wanted: searched again
+    assert np.array_equal(catalogue.load(tmp_path / "wider").nearest, catalogue.load(tmp_path / "searched").nearest)
+    assert dedup.dedup_embedded(embedded, net.head, search="knn", neighbours=NEIGHBOURS).neighbour_table is None
