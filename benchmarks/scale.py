@@ -220,13 +220,42 @@ class RssPeak:
         return self.peak - self.before
 
 
+QUERY_SCRIPT = """
+import sys
+from pathlib import Path
+sys.path.insert(0, ".")
+import torch
+from benchmarks.scale import RssPeak
+from samespace import catalogue, dedup
+from samespace.network import SiameseNet
+folder, net_file, new_file = sys.argv[1:4]
+net = SiameseNet(pretrained=False)
+net.load_state_dict(torch.load(net_file))
+new = torch.load(new_file)
+paths = [Path(p) for p in new["paths"]]
+n = len(paths)
+first, second = new["first"], new["second"]
+embedded = dedup.Embedded(paths[0].parent, paths, new["names"], list(range(n)), {}, first, second, [], n, "")
+with RssPeak() as peak:
+    catalogue.against(catalogue.load(Path(folder)), embedded, net.eval().head)
+print("grown-bytes", peak.grown)
+"""
+
+
 def query_memory(kept, net, new, sizes: tuple[int, int]) -> dict[int, int]:
-    """Peak RSS growth (bytes) of loading a catalogue and querying ``new`` (embedded) against it,
-    for the catalogue ``kept`` cut to each of ``sizes`` photos (its first rows, saved anew): the
-    slope between the two is what the query holds per catalogue photo."""
+    """Peak RSS growth (bytes) of loading a catalogue and querying ``new`` (embedded, without copies)
+    against it, for the catalogue ``kept`` cut to each of ``sizes`` photos (its first rows, saved
+    anew): the slope between the two is what the query holds per catalogue photo. Each query runs
+    in a fresh process that never ran the trunk, so memory an earlier stage freed cannot hide it."""
+    import subprocess
+
     from samespace import catalogue, dedup
 
     whole = catalogue.load(kept)
+    torch.save(net.state_dict(), kept.parent / "net.pt")
+    paths, names = [str(new.paths[i]) for i in new.scored], [new.names[i] for i in new.scored]  # copies left out
+    fresh = {"paths": paths, "names": names, "first": new.first, "second": new.second}
+    torch.save(fresh, kept.parent / "new.pt")
     grown = {}
     for n in sizes:
         folder = kept.parent / f"cut{n}"
@@ -236,9 +265,18 @@ def query_memory(kept, net, new, sizes: tuple[int, int]) -> dict[int, int]:
             paths[0].parent, paths, [p.name for p in paths], list(range(n)), {}, first, second, [], n, ""
         )
         catalogue.save(folder, net, cut)
-        with RssPeak() as peak:
-            catalogue.against(catalogue.load(folder), new, net.head)
-        grown[n] = peak.grown
+        command = [
+            sys.executable,
+            "-c",
+            QUERY_SCRIPT,
+            str(folder),
+            str(kept.parent / "net.pt"),
+            str(kept.parent / "new.pt"),
+        ]
+        done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[1])
+        if done.returncode != 0:
+            raise RuntimeError(f"the query of {folder} failed: {done.stderr.strip()[-300:]}")
+        grown[n] = int(done.stdout.split("grown-bytes")[-1].split()[0])
     return grown
 
 
@@ -318,14 +356,19 @@ def bench_against(quick: bool, row: Callable[..., None], target: Callable[..., N
 
 MEMORY_SIZES = {True: (1_000, 5_000), False: (5_000, 30_000)}  # photos: --quick, full
 
+# The peak is the process's own high-water mark (VmHWM, of the memory map exec made), not
+# ru_maxrss: Linux carries the parent's resident size at the fork into the child's ru_maxrss, so
+# a child of a large benchmark process would report the parent's size (0 KB a photo, seen once).
 PEAK_SCRIPT = """
-import resource, runpy, sys
+import runpy, sys
 sys.argv = sys.argv[1:]
 sys.path.insert(0, ".")
 try:
-    runpy.run_path("model_inference.py", run_name="__main__")
+    runpy.run_path(sys.argv[0], run_name="__main__")
 finally:
-    print("peak-rss-bytes", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, file=sys.stderr)
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    print("peak-rss-bytes", peak * 1024, file=sys.stderr)
 """
 
 
