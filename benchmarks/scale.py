@@ -238,7 +238,7 @@ first, second = new["first"], new["second"]
 embedded = dedup.Embedded(paths[0].parent, paths, new["names"], list(range(n)), {}, first, second, [], n, "")
 with RssPeak() as peak:
     catalogue.against(catalogue.load(Path(folder)), embedded, net.eval().head)
-print("grown-bytes", peak.grown)
+print("grown-bytes", peak.grown, file=sys.stderr)
 """
 
 
@@ -247,8 +247,6 @@ def query_memory(kept, net, new, sizes: tuple[int, int]) -> dict[int, int]:
     against it, for the catalogue ``kept`` cut to each of ``sizes`` photos (its first rows, saved
     anew): the slope between the two is what the query holds per catalogue photo. Each query runs
     in a fresh process that never ran the trunk, so memory an earlier stage freed cannot hide it."""
-    import subprocess
-
     from samespace import catalogue, dedup
 
     whole = catalogue.load(kept)
@@ -273,10 +271,7 @@ def query_memory(kept, net, new, sizes: tuple[int, int]) -> dict[int, int]:
             str(kept.parent / "net.pt"),
             str(kept.parent / "new.pt"),
         ]
-        done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[1])
-        if done.returncode != 0:
-            raise RuntimeError(f"the query of {folder} failed: {done.stderr.strip()[-300:]}")
-        grown[n] = int(done.stdout.split("grown-bytes")[-1].split()[0])
+        grown[n] = marked_run(command, "grown-bytes", f"the query of {folder}")[0]
     return grown
 
 
@@ -291,7 +286,6 @@ def bench_against(quick: bool, row: Callable[..., None], target: Callable[..., N
     fifth of the catalogue and at all of it."""
     import shutil
     import tempfile
-    from pathlib import Path
 
     from samespace import catalogue, dedup
     from samespace.network import SiameseNet
@@ -389,21 +383,23 @@ def random_checkpoint(folder) -> None:
     (folder / "load_data.json").write_text(json.dumps(meta))
 
 
-def dedup_peak(checkpoint, folder, output, env: dict) -> tuple[int, float]:
-    """Peak RSS (bytes) and seconds of ``python model_inference.py dedup`` in a process of its own."""
+def marked_run(command: list[str], marker: str, what: str, env: dict | None = None) -> tuple[int, float]:
+    """Run a measuring child process from the project folder: the number it prints after
+    ``marker`` on stderr, and its seconds; a failure is one line naming ``what`` failed."""
     import subprocess
-    import sys
-    from pathlib import Path
 
-    command = [sys.executable, "-c", PEAK_SCRIPT, "model_inference.py", "dedup", str(checkpoint), str(folder)]
     started = time.perf_counter()
-    done = subprocess.run(
-        command + ["--output", str(output)], capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1]
-    )
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=Path(__file__).parents[1])
     seconds = time.perf_counter() - started
     if done.returncode != 0:
-        raise RuntimeError(f"dedup of {folder} failed: {done.stderr.strip()[-300:]}")
-    return int(done.stderr.split("peak-rss-bytes")[-1].split()[0]), seconds
+        raise RuntimeError(f"{what} failed: {done.stderr.strip()[-300:]}")
+    return int(done.stderr.split(marker)[-1].split()[0]), seconds
+
+
+def dedup_peak(checkpoint, folder, output, env: dict) -> tuple[int, float]:
+    """Peak RSS (bytes) and seconds of ``python model_inference.py dedup`` in a process of its own."""
+    command = [sys.executable, "-c", PEAK_SCRIPT, "model_inference.py", "dedup", str(checkpoint), str(folder)]
+    return marked_run(command + ["--output", str(output)], "peak-rss-bytes", f"dedup of {folder}", env)
 
 
 def bench_memory(quick: bool, row: Callable[..., None], target: Callable[..., None], write_photos) -> None:
@@ -415,7 +411,6 @@ def bench_memory(quick: bool, row: Callable[..., None], target: Callable[..., No
     fills the engine's export cache, so neither measured run pays for the export."""
     import os
     import tempfile
-    from pathlib import Path
 
     small, big = MEMORY_SIZES[quick]
     with tempfile.TemporaryDirectory(prefix="samespace-memory-") as tmp:

@@ -513,35 +513,30 @@ class Union:
         return len(self.old_first)
 
     def rows(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(first, second) embeddings of ``items`` (indices into the union), gathered."""
+        """(first, second) embeddings of ``items`` (indices into the union): views without a copy
+        where ``items`` is a run of consecutive indices on one side (a catalogue without byte
+        copies is searched so), else gathered."""
         items = torch.as_tensor(items, dtype=torch.int64)
-        old = items < self.n_old
         if not len(items):  # the new photos' width, also for an empty catalogue's (0, 0) arrays
             return self.new_first[:0], self.new_second[:0]
+        start, stop = int(items[0]), int(items[-1]) + 1
+        run = stop - start == len(items) and bool((items[1:] > items[:-1]).all())
+        old = items < self.n_old
         if bool(old.all()):
-            return self.old_first[items], self.old_second[items]
+            return (
+                (self.old_first[start:stop], self.old_second[start:stop])
+                if run
+                else (self.old_first[items], self.old_second[items])
+            )
         if not bool(old.any()):
-            return self.new_first[items - self.n_old], self.new_second[items - self.n_old]
+            at = slice(start - self.n_old, stop - self.n_old) if run else items - self.n_old
+            return self.new_first[at], self.new_second[at]
         out = []
         for catalogued, new in ((self.old_first, self.new_first), (self.old_second, self.new_second)):
             gathered = torch.empty((len(items), new.shape[1]), dtype=new.dtype)
             gathered[old], gathered[~old] = catalogued[items[old]], new[items[~old] - self.n_old]
             out.append(gathered)
         return out[0], out[1]
-
-    def towers(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``rows``, as views without a copy where ``items`` is a run of consecutive indices on one
-        side (a catalogue without byte copies is searched so)."""
-        items = torch.as_tensor(items, dtype=torch.int64)
-        if len(items) and int(items[-1] - items[0]) == len(items) - 1 and bool((items[1:] > items[:-1]).all()):
-            start, stop = int(items[0]), int(items[-1]) + 1
-            if stop <= self.n_old:
-                return self.old_first[start:stop], self.old_second[start:stop]
-            if start >= self.n_old:
-                return self.new_first[start - self.n_old : stop - self.n_old], self.new_second[
-                    start - self.n_old : stop - self.n_old
-                ]
-        return self.rows(items)
 
     def unit(self, items: torch.Tensor) -> torch.Tensor:
         """``candidates.search_vectors`` of ``items``."""
@@ -601,7 +596,7 @@ def search_union(
     reverse = [torch.empty((0, 2), dtype=torch.int64)]
     for start in range(0, len(pool), block):
         columns = torch.as_tensor(pool[start : start + block])
-        first, second = union.towers(columns)
+        first, second = union.rows(columns)
         scale_1, scale_2 = tower_scales(first, second)
         similarity = (halves[0] @ first.T) * scale_1 + (halves[1] @ second.T) * scale_2
         similarity[columns[None, :] == fresh_t[:, None]] = -torch.inf  # never one's own neighbour

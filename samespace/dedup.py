@@ -496,11 +496,12 @@ def dedup_embedded(
     keeps the k-nearest table in the result (``neighbour_table``: 8 bytes a neighbour a photo)."""
     first, second = embedded.first, embedded.second
     a, b, search, table = candidates_and_table(first, second, search=search, neighbours=neighbours, index=index)
-    scores, evaluations = score_pairs(head, embedded.first, embedded.second, a, b)
+    table = table if keep_table else None  # else not held through scoring
+    scores, evaluations = score_pairs(head, first, second, a, b)
     result = group_pairs(
         embedded, a, b, scores, threshold=threshold, search=search, head_evaluations=evaluations, keep=keep
     )
-    result.neighbour_table = table if keep_table else None
+    result.neighbour_table = table
     return result
 
 

@@ -465,18 +465,18 @@ def test_the_union_gathers_across_catalogue_and_new_photos_and_views_runs_in_pla
     whole = [torch.cat([union.old_first, union.new_first]), torch.cat([union.old_second, union.new_second])]
     for items in ([2, 14, 0, 16], [13, 15], [4, 1], [], [3, 4, 5], [12, 13, 14]):
         rows = union.rows(torch.tensor(items, dtype=torch.int64))
-        towers = union.towers(torch.tensor(items, dtype=torch.int64))
         for side in (0, 1):
-            assert torch.equal(rows[side], whole[side][items]) and torch.equal(towers[side], whole[side][items])
-    run = union.towers(torch.arange(3, 6))
+            assert torch.equal(rows[side], whole[side][items])
+    run = union.rows(torch.arange(3, 6))
     assert run[0].data_ptr() == union.old_first[3].data_ptr()  # a view: the catalogue is not copied
+    assert union.rows(torch.arange(13, 15))[1].data_ptr() == union.new_second[1].data_ptr()
     assert union.rows(torch.tensor([], dtype=torch.int64))[0].shape == (0, 8)
 
 
 def test_scaled_tower_products_are_the_products_of_the_unit_vectors():
     union = strided_union(np.random.default_rng(4), 40, 6, 64)
     queries = union.unit(torch.arange(40, 46))
-    first, second = union.towers(torch.arange(40))
+    first, second = union.rows(torch.arange(40))
     scale_1, scale_2 = catalogue.tower_scales(first, second)
     scaled = (queries[:, :64] @ first.T) * scale_1 + (queries[:, 64:] @ second.T) * scale_2
     direct = queries.double() @ candidates.search_vectors(first.double(), second.double()).T
